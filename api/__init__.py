@@ -1,0 +1,30 @@
+"""The HTTP API: validates requests, records jobs in Redis and sends them to the workers."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+from worker.config import Settings
+from worker.contract import JobStore, create_celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create the Flask app from `settings` (default: the environment)."""
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["SETTINGS"] = settings
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=settings.wait_max + 5
+    )
+    app.extensions["redis"] = client
+    app.extensions["jobs"] = JobStore(client, settings.result_ttl)
+    app.extensions["celery"] = create_celery(settings)
+
+    from api.errors import register_error_handlers
+    from api.routes import bp
+
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    return app

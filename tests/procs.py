@@ -1,0 +1,81 @@
+"""Start and stop the real processes the integration tests talk to."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from mlstock.launcher import THREAD_CAPS, free_port, redis_server_binary
+
+BIN = Path(sys.executable).parent
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, output to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process's group, then SIGKILL what is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a throwaway redis-server on a free loopback port; return it and its URL."""
+    port = free_port()
+    proc = start(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        dict(os.environ),
+        workdir / "redis.log",
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server did not start: {(workdir / 'redis.log').read_text()}"
+                ) from None
+            time.sleep(0.05)
+    client.close()
+    return proc, url
+
+
+def service_env(redis_url: str, artifacts: Path, **extra: str) -> dict[str, str]:
+    """Return the environment for a service process of the stack under test."""
+    env = dict(os.environ)
+    for key in list(env):  # settings come from the test, never from the developer's shell
+        if key in {"DATA_PATH", "RETRAIN_SCHEDULE", "HOST", "PORT"}:
+            env.pop(key)
+    env.update(THREAD_CAPS)
+    env.update({"REDIS_URL": redis_url, "ARTIFACTS_DIR": str(artifacts), **extra})
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+    return env

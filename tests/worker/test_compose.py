@@ -1,0 +1,125 @@
+"""docker-compose.yml runs the commands that are tested: the same as `mlstock up`'s, and
+they complete a job when run here (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from mlstock.launcher import COMMANDS, free_port
+from tests.conftest import Stack
+from tests.procs import service_env, start, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_compose_commands_are_the_launchers() -> None:
+    services = COMPOSE["services"]
+    for name, command in COMMANDS.items():
+        assert services[name]["command"] == command, name
+    assert set(services) == {"redis", *COMMANDS}
+
+
+def test_compose_wiring() -> None:
+    services = COMPOSE["services"]
+    assert "--appendonly" in services["redis"]["command"]
+    for name in COMMANDS:
+        svc = services[name]
+        assert svc["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert "artifacts:/app/artifacts" in svc["volumes"]
+    training = services["worker-training"]["command"]
+    assert training[training.index("-c") + 1] == "1"
+    assert training[training.index("--prefetch-multiplier") + 1] == "1"
+    assert "healthcheck" in services["api"] and "healthcheck" in services["redis"]
+
+
+@pytest.mark.integration
+def test_compose_commands_complete_a_job(stack: Stack, tmp_path: Path) -> None:
+    """Run api, both workers and beat with the compose commands and environment, against
+    the suite's Redis (its own database) and a copy of the trained registry."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(stack.artifacts / "models", artifacts / "models")
+    shutil.copytree(stack.artifacts / "datasets", artifacts / "datasets")
+    redis_url = stack.redis_url.rsplit("/", 1)[0] + "/1"
+    port = free_port()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ("api", "worker-inference", "worker-training", "beat"):
+            svc = COMPOSE["services"][name]
+            env = service_env(
+                redis_url,
+                artifacts,
+                **{k: str(v) for k, v in svc["environment"].items()
+                   if k not in ("REDIS_URL", "ARTIFACTS_DIR", "HOST", "PORT")},
+                HOST="127.0.0.1",
+                PORT=str(port),
+                RETRAIN_SCHEDULE="* * * * *",
+            )  # fmt: skip
+            procs[name] = start(svc["command"], env, tmp_path / f"{name}.log")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status, body = http("GET", base + "/ready")
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert status == 200, body
+        status, job = http(
+            "POST", base + "/jobs/predict", {"ticker": _a_ticker(redis_url), "horizon": 3}
+        )
+        assert status == 202, job
+        record: dict[str, Any] = {}
+        while time.monotonic() < deadline + 60 and record.get("status") != "succeeded":
+            _, record = http("GET", f"{base}/result/{job['job_id']}?wait=5")
+            assert record["status"] not in ("failed", "cancelled"), record
+        assert len(record["result"]["forecasts"][0]["steps"]) == 3
+        # beat fires the every-minute schedule: a retrain record appears.
+        r = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 75
+        scheduled: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not scheduled:
+            for key in r.scan_iter("mlstock:job:*"):
+                if json.loads(r.hget(key, "type") or b"null") == "retrain":
+                    scheduled.append({"key": key})
+            time.sleep(1)
+        assert scheduled, (tmp_path / "beat.log").read_text()[-2000:]
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        for name in procs:
+            print(f"--- {name}\n" + (tmp_path / f"{name}.log").read_text()[-1500:])
+
+
+def _a_ticker(redis_url: str) -> str:
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        raw = r.get("mlstock:catalog")
+        if raw:
+            return str(json.loads(raw)["forecast"]["tickers"][0])
+        time.sleep(0.2)
+    raise AssertionError("no catalog published")

@@ -1,0 +1,9 @@
+"""Entry module of the worker processes: `celery -A worker.celery_app worker|beat` loads it."""
+
+from worker.config import Settings
+from worker.contract import create_celery
+
+celery_app = create_celery(Settings())
+celery_app.set_default()
+# Importing the task module registers the tasks and the worker's signal handlers.
+celery_app.conf.imports = ("worker.tasks",)

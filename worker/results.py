@@ -1,0 +1,62 @@
+"""Shape model outputs into the small JSON results of the job contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+PRICE_DECIMALS = 4
+BAND_COLUMNS = ("close", "lower_80", "upper_80", "lower_95", "upper_95")
+
+
+def _day(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).date().isoformat()
+
+
+def forecast_result(frame: pd.DataFrame, version: str, horizon: int) -> dict[str, Any]:
+    """Group a forecast frame (one row per ticker and step) into one entry per ticker."""
+    forecasts = []
+    for ticker, rows in frame.groupby("ticker", sort=False):
+        first = rows.iloc[0]
+        steps = [
+            {
+                "step": int(str(r.step)),
+                "date": _day(r.date),
+                **{c: round(float(getattr(r, c)), PRICE_DECIMALS) for c in BAND_COLUMNS},
+            }
+            for r in rows.itertuples(index=False)
+        ]
+        forecasts.append(
+            {
+                "ticker": str(ticker),
+                "last_date": _day(first["last_date"]),
+                "last_close": round(float(first["last_close"]), PRICE_DECIMALS),
+                "model_version": version,
+                "steps": steps,
+            }
+        )
+    return {"model_version": version, "horizon": horizon, "forecasts": forecasts}
+
+
+def segment_result(
+    frame: pd.DataFrame, profiles: list[dict[str, Any]], version: str
+) -> dict[str, Any]:
+    """List each ticker's (or row's) segment, and each segment's size here and profile."""
+    key = "ticker" if "ticker" in frame.columns else "row"
+    assignments = [
+        {key: (str(v) if key == "ticker" else int(v)), "segment": int(s), "label": str(lab)}
+        for v, s, lab in zip(frame[key], frame["segment"], frame["label"], strict=True)
+    ]
+    sizes = frame["segment"].value_counts().to_dict()
+    segments = [
+        {
+            "segment": int(p["segment"]),
+            "label": str(p["label"]),
+            "size": int(sizes.get(p["segment"], 0)),
+            "train_size": int(p["size"]),
+            "profile": {k: round(float(v), PRICE_DECIMALS) for k, v in p["profile"].items()},
+        }
+        for p in profiles
+    ]
+    return {"model_version": version, "assignments": assignments, "segments": segments}

@@ -1,0 +1,386 @@
+"""Celery tasks: thin glue between a job record and one `ml` call each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import pandas as pd
+import redis
+from celery import Task, shared_task, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, ValidationError
+from threadpoolctl import threadpool_limits
+
+from ml.data import read_prices_csv, synthetic_market
+from ml.errors import MLError
+from ml.registry import DatasetStore, ModelRegistry
+from ml.segment import FEATURES
+from ml.train import promotion_decision, train_model
+from worker.cache import ModelCache
+from worker.config import Settings
+from worker.contract import (
+    BOOTSTRAP_KEY,
+    CATALOG_KEY,
+    MODEL_NAMES,
+    QUEUE_INFERENCE,
+    QUEUE_TRAINING,
+    TASK_PREDICT,
+    TASK_RETRAIN,
+    TASK_SEGMENT,
+    WORKERS_KEY,
+    JobStore,
+    PredictRequest,
+    RetrainRequest,
+    SegmentRequest,
+    new_job_id,
+    now_iso,
+)
+from worker.results import forecast_result, segment_result
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 5.0
+
+# --- per-process state, made on first use (after the prefork worker has forked) ----------
+
+
+@cache
+def settings() -> Settings:
+    """Return this process's settings."""
+    return Settings()
+
+
+@cache
+def redis_client() -> redis.Redis:
+    """Return this process's Redis client."""
+    return redis.Redis.from_url(settings().redis_url, health_check_interval=30)
+
+
+@cache
+def jobs() -> JobStore:
+    """Return this process's job store."""
+    return JobStore(redis_client(), settings().result_ttl)
+
+
+@cache
+def registry() -> ModelRegistry:
+    """Return this process's model registry."""
+    return ModelRegistry(settings().artifacts_dir)
+
+
+@cache
+def datasets() -> DatasetStore:
+    """Return this process's dataset store."""
+    return DatasetStore(settings().artifacts_dir)
+
+
+@cache
+def models() -> ModelCache:
+    """Return this process's model cache."""
+    return ModelCache(registry(), datasets())
+
+
+# --- the job lifecycle around a task body ---------------------------------------------------
+
+Body = Callable[[Any, Callable[[float, str], None]], tuple[dict[str, Any], str | None]]
+
+
+def run_job(
+    task: Task, job_type: str, request: dict[str, Any], schema: type[BaseModel], body: Body
+) -> None:
+    """Run `body` for the job whose id is the task id, recording every transition."""
+    store = jobs()
+    job_id = str(task.request.id)
+    if store.get(job_id) is None:  # sent by beat or by Celery directly: give it a record
+        store.create(job_id, job_type, request)
+    started = time.perf_counter()
+    if not store.transition(
+        job_id, "running", count_attempt=True, started_at=now_iso(), worker=task.request.hostname
+    ):
+        log.info("job %s is already final; delivery skipped", job_id)
+        return
+    limits = {"max_horizon": settings().max_horizon, "max_batch": settings().max_batch}
+
+    def progress(fraction: float, stage: str) -> None:
+        store.progress(job_id, fraction, stage)
+
+    try:
+        parsed = schema.model_validate(request, context=limits)
+        result, version = body(parsed, progress)
+    except (MLError, ValidationError, ValueError) as exc:
+        _fail(store, job_id, type(exc).__name__, str(exc))
+    except SoftTimeLimitExceeded:
+        _fail(store, job_id, "TimeLimitExceeded", "the job ran over its time limit")
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        _fail(store, job_id, "InternalError", f"{type(exc).__name__}: {exc}")
+    else:
+        store.transition(
+            job_id, "succeeded", result=result, model_version=version, progress=1.0, stage="done"
+        )
+        log.info("job %s %s succeeded in %.3fs", job_id, job_type, time.perf_counter() - started)
+
+
+def _fail(store: JobStore, job_id: str, kind: str, message: str) -> None:
+    store.transition(job_id, "failed", error={"type": kind, "message": message}, stage="failed")
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+@shared_task(name=TASK_PREDICT, bind=True)
+def predict(self: Task, request: dict[str, Any]) -> None:
+    """Forecast tickers of the served dataset, or an ad-hoc price series."""
+    run_job(self, "predict", request, PredictRequest, _predict)
+
+
+def _predict(
+    req: PredictRequest, progress: Callable[[float, str], None]
+) -> tuple[dict[str, Any], str]:
+    served = models().get("forecast")
+    if req.prices is not None:
+        last = None if req.last_date is None else req.last_date.isoformat()
+        frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
+    else:
+        as_of = None if req.as_of is None else pd.Timestamp(req.as_of)
+        frame = served.model.predict(
+            served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
+        )
+    return forecast_result(frame, served.version, req.horizon), served.version
+
+
+@shared_task(name=TASK_SEGMENT, bind=True)
+def segment(self: Task, request: dict[str, Any]) -> None:
+    """Assign tickers of the served dataset, or rows of features, to segments."""
+    run_job(self, "segment", request, SegmentRequest, _segment)
+
+
+def _segment(
+    req: SegmentRequest, progress: Callable[[float, str], None]
+) -> tuple[dict[str, Any], str]:
+    served = models().get("segment")
+    model = served.model
+    if req.data is not None:
+        frame = model.predict_features(req.data)
+    else:
+        prices = served.prices
+        if req.tickers is not None:
+            known = set(prices["ticker"].unique())
+            unknown = [t for t in req.tickers if t not in known]
+            if unknown:
+                raise ValueError(f"unknown tickers: {', '.join(unknown)}")
+            prices = prices[prices["ticker"].isin(req.tickers)]
+        frame = model.predict(prices)
+    return segment_result(frame, model.profiles_, served.version), served.version
+
+
+@shared_task(name=TASK_RETRAIN, bind=True)
+def retrain(self: Task, request: dict[str, Any], trigger: str = "api") -> None:
+    """Retrain models on the training dataset; promote each one that passes the gate."""
+    _lower_priority()
+    try:
+        run_job(self, "retrain", request, RetrainRequest, _retrain)
+    finally:
+        if trigger == "bootstrap":  # a failed first training is tried again at next start
+            redis_client().delete(BOOTSTRAP_KEY)
+
+
+def _retrain(
+    req: RetrainRequest, progress: Callable[[float, str], None]
+) -> tuple[dict[str, Any], None]:
+    progress(0.0, "loading data")
+    prices, data_version = training_data(settings(), datasets())
+    reg = registry()
+    reg.cleanup_tmp()
+    out: dict[str, Any] = {"data_version": data_version, "models": {}}
+    n = len(req.models)
+    for i, name in enumerate(req.models):
+
+        def step(fraction: float, stage: str, i: int = i, name: str = name) -> None:
+            progress((i + fraction) / n, f"{name}: {stage}")
+
+        out["models"][name] = train_and_register(reg, name, prices, data_version, step)
+    publish_catalog()
+    return out, None
+
+
+def train_and_register(
+    reg: ModelRegistry,
+    name: str,
+    prices: pd.DataFrame,
+    data_version: str,
+    progress: Callable[[float, str], None],
+) -> dict[str, Any]:
+    """Train model `name`, save it as a new version, promote it if it passes the gate."""
+    params = {"horizon": settings().max_horizon} if name == "forecast" else None
+    model, metrics = train_model(name, prices, params=params, progress=progress)
+    previous = reg.current_version(name)
+    champion = reg.card(name, previous)["metrics"] if previous else None
+    progress(0.95, "saving")
+    card = reg.save(
+        name,
+        model,
+        metrics=metrics,
+        params=model.get_params(),
+        data_version=data_version,
+        trained_through=str(prices["date"].max().date()),
+    )
+    promoted, reason = promotion_decision(
+        name, metrics, champion, tolerance=settings().promotion_tolerance
+    )
+    reg.record_decision(name, card["version"], promoted=promoted, reason=reason)
+    return {
+        "version": card["version"],
+        "metrics": metrics,
+        "promoted": promoted,
+        "reason": reason,
+        "previous": previous,
+    }
+
+
+def training_data(conf: Settings, store: DatasetStore) -> tuple[pd.DataFrame, str]:
+    """Return the prices to train on and their dataset version: DATA_PATH, else the active
+    imported dataset, else the seeded synthetic market."""
+    if conf.data_path is not None:
+        meta = store.save(read_prices_csv(conf.data_path), source=str(conf.data_path))
+    elif (active := store.active()) is not None:
+        return store.load(active), active
+    else:
+        meta = store.save(
+            synthetic_market(seed=conf.synthetic_seed),
+            source=f"synthetic seed={conf.synthetic_seed}",
+        )
+    version = str(meta["version"])
+    return store.load(version), version
+
+
+def _lower_priority() -> None:
+    # Training yields the CPU to inference workers on the same machine.
+    target = settings().training_nice
+    current = os.nice(0)
+    if current < target:
+        os.nice(target - current)
+
+
+# --- process setup, heartbeat and the catalog the API validates against ---------------------
+
+
+_PER_PROCESS = (settings, redis_client, jobs, registry, datasets, models)
+
+
+@signals.worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    # A forked child starts with its own connections and models, never its parent's.
+    for made in _PER_PROCESS:
+        made.cache_clear()
+    # One BLAS/OpenMP thread per prefork child: N children x M threads on N cores thrash.
+    threadpool_limits(limits=settings().worker_threads)
+
+
+def catalog() -> dict[str, Any]:
+    """Describe the models being served, for the API's readiness check and validation."""
+    reg, store = registry(), datasets()
+    out: dict[str, Any] = {}
+    for name in MODEL_NAMES:
+        version = reg.current_version(name)
+        if version is None:
+            continue
+        card = reg.card(name, version)
+        entry: dict[str, Any] = {"version": version, "trained_through": card.get("trained_through")}
+        if name == "forecast":
+            entry["horizon"] = card["params"].get("horizon")
+            entry["tickers"] = store.meta(card["data_version"])["tickers"]
+        else:
+            entry["features"] = list(FEATURES)
+        out[name] = entry
+    return out
+
+
+def publish_catalog() -> None:
+    """Write the catalog of served models to Redis."""
+    redis_client().set(CATALOG_KEY, json.dumps(catalog()), ex=settings().result_ttl)
+
+
+class Heartbeat(threading.Thread):
+    """Announce this worker (and, on inference workers, the served models) every few seconds."""
+
+    def __init__(self, hostname: str, queues: list[str]) -> None:
+        super().__init__(name="mlstock-heartbeat", daemon=True)
+        self.hostname = hostname
+        self.queues = queues
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        """Write one heartbeat."""
+        # The catalog goes first: a worker seen alive already has its models announced.
+        if QUEUE_INFERENCE in self.queues:
+            publish_catalog()
+        entry = {
+            "queues": self.queues,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "at": time.time(),
+        }
+        redis_client().hset(WORKERS_KEY, self.hostname, json.dumps(entry))
+
+    def run(self) -> None:
+        """Beat until stopped; a passing Redis outage only skips beats."""
+        while not self.stopped.is_set():
+            try:
+                self.beat()
+            except (redis.RedisError, OSError, MLError) as exc:
+                log.warning("heartbeat skipped: %s", exc)
+            self.stopped.wait(HEARTBEAT_SECONDS)
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def bootstrap_models(app: Any) -> str | None:
+    """Queue one retrain of the models the registry lacks; return its job id if queued.
+
+    Every training worker calls this at start; a Redis key lets only the first one queue it.
+    """
+    missing = [name for name in MODEL_NAMES if registry().current_version(name) is None]
+    if not missing:
+        return None
+    job_id = new_job_id()
+    if not redis_client().set(BOOTSTRAP_KEY, job_id, nx=True, ex=settings().training_time_limit):
+        return None
+    request = {"models": missing}
+    jobs().create(job_id, "retrain", request)
+    app.send_task(
+        TASK_RETRAIN,
+        kwargs={"request": request, "trigger": "bootstrap"},
+        task_id=job_id,
+        queue=QUEUE_TRAINING,
+    )
+    log.info("no current %s model: queued retrain %s", " or ".join(missing), job_id)
+    return job_id
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: Any, **_: Any) -> None:
+    global _heartbeat
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    if QUEUE_TRAINING in queues:
+        bootstrap_models(sender.app)
+    _heartbeat = Heartbeat(sender.hostname, queues)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stopped.set()
+        try:
+            redis_client().hdel(WORKERS_KEY, _heartbeat.hostname)
+        except redis.RedisError:
+            pass
