@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, socket_connect_timeout=2, socket_timeout=settings.wait_max + 5
     )
     app.extensions["redis"] = client
-    app.extensions["jobs"] = JobStore(client, settings.result_ttl)
+    app.extensions["jobs"] = JobStore(client, settings)
     app.extensions["celery"] = create_celery(settings)
 
     from api.errors import register_error_handlers

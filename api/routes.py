@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import redis
 from celery import Celery
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from kombu.exceptions import KombuError
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError, unavailable, validation_problem
 from worker.config import Settings
 from worker.contract import (
+    BEAT_LAST_KEY,
     CATALOG_KEY,
     JOB_TYPES,
     QUEUE_INFERENCE,
     QUEUE_TRAINING,
     REQUEST_SCHEMAS,
     WORKERS_KEY,
+    JobConflict,
     JobStore,
     LegacyPredictPrice,
     LegacySegment,
     PredictRequest,
     SegmentRequest,
+    body_digest,
+    enqueue,
     new_job_id,
+    notify,
+    now_iso,
+    parse_crontab,
+    validation_context,
 )
 
 bp = Blueprint("api", __name__)
@@ -45,11 +56,6 @@ def _jobs() -> JobStore:
 def _redis() -> redis.Redis:
     client: redis.Redis = current_app.extensions["redis"]
     return client
-
-
-def _limits() -> dict[str, int]:
-    s = _settings()
-    return {"max_horizon": s.max_horizon, "max_batch": s.max_batch}
 
 
 def _json_body() -> dict[str, Any]:
@@ -120,27 +126,56 @@ def _check_against_models(job_type: str, parsed: Any) -> None:
 
 
 def submit(job_type: str, body: dict[str, Any]) -> Response:
-    """Validate, record and enqueue a job; answer 202 with where to poll."""
-    parsed = REQUEST_SCHEMAS[job_type].model_validate(body, context=_limits())
+    """Validate, record and enqueue a job; answer 202 with where to poll.
+
+    With an `Idempotency-Key` header the same key and body return the same job; the same
+    key with another body is a 409.
+    """
+    parsed = REQUEST_SCHEMAS[job_type].model_validate(body, context=validation_context(_settings()))
     _check_against_models(job_type, parsed)
     params = parsed.model_dump(mode="json", exclude_none=True)
-    task_name, queue = JOB_TYPES[job_type]
-    job_id = new_job_id()
     store = _jobs()
-    record = store.create(job_id, job_type, params)
     celery: Celery = current_app.extensions["celery"]
+    key = request.headers.get("Idempotency-Key")
+    job_id = new_job_id()
+    if key is not None:
+        if not 1 <= len(key) <= 255:
+            raise validation_problem(
+                [{"loc": ("Idempotency-Key",), "msg": "1 to 255 characters", "type": "header"}]
+            )
+        try:
+            replayed = store.claim_idempotency(key, body_digest(job_type, params), job_id)
+        except JobConflict as exc:
+            raise ApiError(
+                409,
+                "Idempotency-Key reused",
+                f"this key was used for job {exc.job_id} with a different request",
+                type_="/problems/idempotency-conflict",
+                job_id=exc.job_id,
+            ) from exc
+        if replayed is not None:
+            return _accepted(store.get(replayed) or {"job_id": replayed}, replayed=True)
     try:
-        celery.send_task(task_name, kwargs={"request": params}, task_id=job_id, queue=queue)
-    except Exception as exc:
-        # The record says what happened: the job was never queued.
-        store.transition(
-            job_id, "failed", error={"type": "EnqueueError", "message": str(exc)}, stage="failed"
-        )
+        record = enqueue(store, celery, job_type, params, job_id=job_id)
+    except (redis.RedisError, KombuError) as exc:
+        if key is not None:
+            store.release_idempotency(key)
         raise unavailable("the job could not be queued; try again shortly") from exc
+    if key is not None and record["job_id"] != job_id:  # joined a retrain already in flight
+        store.claim_idempotency(key, body_digest(job_type, params), record["job_id"], rebind=True)
+    return _accepted(record, replayed=record["job_id"] != job_id)
+
+
+def _accepted(record: dict[str, Any], *, replayed: bool = False) -> Response:
+    job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
-    resp = jsonify({"job_id": job_id, "status": record["status"], "status_url": status_url})
+    resp = jsonify(
+        {"job_id": job_id, "status": record.get("status", "queued"), "status_url": status_url}
+    )
     resp.status_code = 202
     resp.headers["Location"] = status_url
+    if replayed:
+        resp.headers["Idempotent-Replayed"] = "true"
     return resp
 
 
@@ -186,6 +221,79 @@ def result(job_id: str) -> Response:
             404, "Job not found", f"no job {job_id!r}: it was never issued, or it has expired"
         )
     return jsonify(record)
+
+
+class JobsQuery(BaseModel):
+    """Filters and page of `GET /jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["predict", "segment", "retrain"] | None = None
+    status: Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"] | None = (
+        None
+    )
+    since: datetime | None = Field(None, description="Only jobs submitted at or after this.")
+    cursor: str | None = Field(None, pattern=r"^[0-9.]+:[0-9a-f-]{36}$")
+    limit: int = Field(50, ge=1, le=200)
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    """List recent jobs, newest first; `next_cursor` fetches the next page."""
+    query = JobsQuery.model_validate(request.args.to_dict())
+    before = None
+    if query.cursor:
+        score, job_id = query.cursor.split(":", 1)
+        before = (float(score), job_id)
+    since = None
+    if query.since is not None:
+        moment = query.since if query.since.tzinfo else query.since.replace(tzinfo=UTC)
+        since = moment.timestamp()
+    jobs, after = _jobs().list(
+        job_type=query.type, status=query.status, since=since, before=before, limit=query.limit
+    )
+    return jsonify(
+        {"jobs": jobs, "next_cursor": None if after is None else f"{after[0]!r}:{after[1]}"}
+    )
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a queued or running job; a running retrain stops at its next checkpoint."""
+    store = _jobs()
+    record = store.get(job_id)
+    if record is None:
+        raise ApiError(404, "Job not found", f"no job {job_id!r}: never issued, or expired")
+    moved = store.transition(job_id, record["type"], "cancelled", stage="cancelled", error=None)
+    if not moved:
+        final = store.get(job_id) or record
+        raise ApiError(
+            409,
+            "Job already finished",
+            f"job {job_id} ended {final['status']}; only queued or running jobs can be cancelled",
+            type_="/problems/job-finished",
+            job_status=final["status"],
+        )
+    record = store.get(job_id) or record
+    notify(current_app.extensions["celery"], record)
+    return jsonify(record)
+
+
+@bp.get("/schedule")
+def schedule() -> Response:
+    """Show the retrain schedule, its next run and beat's last tick."""
+    expr = _settings().retrain_schedule.strip()
+    last = _redis().get(BEAT_LAST_KEY)
+    body: dict[str, Any] = {
+        "retrain_schedule": expr or None,
+        "timezone": "UTC",
+        "next_run_at": None,
+        "last_tick_at": last.decode() if isinstance(last, bytes) else last,
+    }
+    if expr:
+        now = datetime.now(UTC)
+        body["next_run_at"] = now_iso(now + parse_crontab(expr).remaining_estimate(now))
+    return jsonify(body)
 
 
 @bp.get("/health")

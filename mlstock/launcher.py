@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import redis
 
+from worker.config import Settings
 from worker.contract import BOOTSTRAP_KEY, JobStore
 
 #: Service name -> command; `docker-compose.yml` runs the same commands.
@@ -258,7 +259,7 @@ def _wait_ready(
             if http_json("GET", base + "/ready")[0] == 200:
                 return True
         job_id = str(client.get(BOOTSTRAP_KEY) or "")
-        record = JobStore(client, 1).get(job_id) if job_id else None
+        record = JobStore(client, Settings()).get(job_id) if job_id else None
         if record is not None:
             line = f"{record['status']} {record['progress']:.0%} {record['stage']}"
             if line != last:

@@ -23,6 +23,8 @@ from worker.config import Settings
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stocks_daily.csv.gz"
 FIRST_TRAINING_TIMEOUT = 300
+#: Callbacks in tests go to a receiver on loopback, signed with this key.
+WEBHOOK = {"WEBHOOK_SECRET": "test-webhook-secret", "WEBHOOK_ALLOW_PRIVATE": "true"}
 
 
 @dataclass
@@ -36,7 +38,13 @@ class Stack:
 
     def settings(self, **overrides: Any) -> Settings:
         """Return settings pointing at this stack."""
-        return Settings(redis_url=self.redis_url, artifacts_dir=self.artifacts, **overrides)
+        values: dict[str, Any] = {
+            "redis_url": self.redis_url,
+            "artifacts_dir": self.artifacts,
+            "webhook_secret": WEBHOOK["WEBHOOK_SECRET"],
+            "webhook_allow_private": True,
+        }
+        return Settings(**(values | overrides))
 
     def log(self, name: str) -> str:
         """Return a process's log text."""
@@ -51,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     artifacts.mkdir()
     redis_proc, url = start_redis(root)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    env = service_env(url, artifacts, RETRAIN_SCHEDULE="")
+    env = service_env(url, artifacts, RETRAIN_SCHEDULE="", **WEBHOOK)
     try:
         for name in ("worker-inference", "worker-training"):
             procs[name] = start(COMMANDS[name], env, root / f"{name}.log")

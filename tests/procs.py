@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from mlstock.launcher import THREAD_CAPS, free_port, redis_server_binary
+from worker.config import Settings
 
 BIN = Path(sys.executable).parent
 
@@ -72,9 +73,8 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def service_env(redis_url: str, artifacts: Path, **extra: str) -> dict[str, str]:
     """Return the environment for a service process of the stack under test."""
     env = dict(os.environ)
-    for key in list(env):  # settings come from the test, never from the developer's shell
-        if key in {"DATA_PATH", "RETRAIN_SCHEDULE", "HOST", "PORT"}:
-            env.pop(key)
+    for name in Settings.model_fields:  # settings come from the test, not the developer's shell
+        env.pop(name.upper(), None)
     env.update(THREAD_CAPS)
     env.update({"REDIS_URL": redis_url, "ARTIFACTS_DIR": str(artifacts), **extra})
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])

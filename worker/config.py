@@ -27,7 +27,17 @@ class Settings(BaseSettings):
         "0 2 * * *",
         description="Crontab (m h dom mon dow, UTC) of the scheduled retrain; empty: off.",
     )
-    result_ttl: int = Field(86_400, ge=60, description="Seconds a job record and its result live.")
+    result_ttl: int = Field(86_400, ge=1, description="Seconds a job record and its result live.")
+    result_ttls: dict[str, int] = Field(
+        default_factory=dict,
+        description='Per job type overrides of RESULT_TTL, as JSON: `{"retrain": 604800}`.',
+    )
+    webhook_secret: str = Field(
+        "", description="Key of the HMAC-SHA256 `X-Signature` of callbacks; unset: no callbacks."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow `callback_url` on loopback and private networks."
+    )
     wait_max: float = Field(30.0, ge=0, description="Cap in seconds of `GET /result/<id>?wait=S`.")
     max_horizon: int = Field(
         10, ge=1, le=60, description="Longest forecast horizon, business days."

@@ -6,15 +6,20 @@ The API imports this module and `worker.config`, nothing else of `worker`, and n
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
+import socket
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import redis
 from celery import Celery
 from celery.schedules import crontab
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +36,8 @@ from worker.config import Settings
 TASK_PREDICT = "worker.predict"
 TASK_SEGMENT = "worker.segment"
 TASK_RETRAIN = "worker.retrain"
+TASK_SCHEDULED_RETRAIN = "worker.scheduled_retrain"
+TASK_CALLBACK = "worker.deliver_callback"
 QUEUE_INFERENCE = "inference"
 QUEUE_TRAINING = "training"
 ModelName = Literal["forecast", "segment"]
@@ -60,8 +67,47 @@ Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Feature = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def check_public_host(host: str) -> None:
+    """Raise ValueError unless every address of `host` is public (no loopback, private,
+    link-local or reserved range): callbacks must not reach into our own network."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise ValueError(f"cannot resolve host {host!r}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise ValueError(f"{host} resolves to the non-public address {address}")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    callback_url: AnyHttpUrl | None = Field(
+        None, description="Receives the final record, signed in `X-Signature`."
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_allowed(cls, v: AnyHttpUrl | None, info: ValidationInfo) -> AnyHttpUrl | None:
+        if v is None:
+            return v
+        ctx = info.context or {}
+        if not ctx.get("callbacks", False):
+            raise ValueError("callbacks are off: the server has no WEBHOOK_SECRET")
+        if not ctx.get("allow_private", False):
+            check_public_host(v.host or "")
+        return v
+
+
+def validation_context(settings: Settings) -> dict[str, Any]:
+    """Return the settings-dependent limits request validation checks against."""
+    return {
+        "max_horizon": settings.max_horizon,
+        "max_batch": settings.max_batch,
+        "callbacks": bool(settings.webhook_secret),
+        "allow_private": settings.webhook_allow_private,
+    }
 
 
 def _max(info: ValidationInfo, key: str, default: int) -> int:
@@ -203,6 +249,8 @@ RECORD_FIELDS = (
     "result",
     "error",
 )
+#: Fields of each record in a listing (`GET /jobs`): no results, which can be large.
+LIST_FIELDS = tuple(f for f in RECORD_FIELDS if f != "result")
 Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 TERMINAL = ("succeeded", "failed", "cancelled")
 KEY_PREFIX = "mlstock"
@@ -211,9 +259,15 @@ CATALOG_KEY = f"{KEY_PREFIX}:catalog"
 #: Holds the id of the retrain that trains the first models of an empty registry.
 BOOTSTRAP_KEY = f"{KEY_PREFIX}:bootstrap"
 
-# A transition is refused when the record is already final, or when it would go back to
+JOBS_INDEX = f"{KEY_PREFIX}:jobs"
+BEAT_LAST_KEY = f"{KEY_PREFIX}:beat:last"
+#: A job whose worker died this many times fails instead of being delivered again.
+MAX_DELIVERIES = 3
+
+# A transition is refused (0) when the record is already final, or when it would go back to
 # `queued`: a late duplicate delivery can never turn `succeeded` into `running`. Fields are
-# JSON-encoded. On a final state the record's TTL restarts and waiters are notified.
+# JSON-encoded. A final state restarts the record's TTL and wakes the waiters. Returns the
+# number of deliveries so far (at least 1) when the move is made.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur then
@@ -223,22 +277,43 @@ end
 if ARGV[1] == 'queued' and cur then return 0 end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
+local attempts = 1
 if ARGV[3] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('PUBLISH', KEYS[2], ARGV[1])
 end
-return 1
+return math.max(attempts, 1)
 """
 
-# Progress only touches a running record: never resurrect an expired key without a TTL.
+# Progress only touches a running record (never resurrects an expired key without a TTL);
+# it returns the status, so a running job learns of its cancellation at each checkpoint.
 _PROGRESS = """
 local cur = redis.call('HGET', KEYS[1], 'status')
-if cur and (cjson.decode(cur) == 'running') then
+if not cur then return nil end
+if cjson.decode(cur) == 'running' then
   redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'stage', ARGV[2])
 end
+return cjson.decode(cur)
+"""
+
+# Single flight: return the job already holding KEYS[1] while it is not final, else take
+# the key for ARGV[1].
+_SINGLE_FLIGHT = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local status = redis.call('HGET', ARGV[3] .. holder, 'status')
+  if status then
+    status = cjson.decode(status)
+    if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then
+      return holder
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return ARGV[1]
 """
 
 
@@ -252,14 +327,33 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-class JobStore:
-    """Job records in Redis, written at submit by the API and on each transition by workers."""
+def body_digest(job_type: str, params: dict[str, Any]) -> str:
+    """Return a digest of a job's type and validated parameters."""
+    canonical = json.dumps([job_type, params], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+
+class JobConflict(Exception):
+    """An Idempotency-Key was reused with a different request."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class JobStore:
+    """Job records in Redis, written at submit by the API and on each transition by workers.
+
+    Each record is a hash with a TTL; a sorted set indexes ids by submit time for listing
+    and is trimmed to the longest retention, so Redis holds a bounded number of keys.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
-        self.ttl = ttl
+        self.settings = settings
         self._transition = client.register_script(_TRANSITION)
         self._progress = client.register_script(_PROGRESS)
+        self._single_flight = client.register_script(_SINGLE_FLIGHT)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -271,11 +365,15 @@ class JobStore:
         """Return the channel announcing that a job has finished."""
         return f"{KEY_PREFIX}:done:{job_id}"
 
-    def _expires(self) -> str:
-        return now_iso(datetime.now(UTC) + timedelta(seconds=self.ttl))
+    def ttl(self, job_type: str) -> int:
+        """Return how long records of `job_type` live, in seconds."""
+        return int(self.settings.result_ttls.get(job_type, self.settings.result_ttl))
+
+    def _max_ttl(self) -> int:
+        return max([self.settings.result_ttl, *self.settings.result_ttls.values()])
 
     def create(self, job_id: str, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Record a queued job; return the record."""
+        """Record a queued job and index it; return the record."""
         record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
         record.update(
             job_id=job_id,
@@ -284,41 +382,59 @@ class JobStore:
             progress=0.0,
             stage="queued",
             submitted_at=now_iso(),
-            expires_at=self._expires(),
             attempts=0,
             params=params,
         )
-        self.transition(job_id, "queued", **record)
+        now = time.time()
+        self.transition(job_id, job_type, "queued", **record)
+        pipe = self.redis.pipeline()
+        pipe.zadd(JOBS_INDEX, {job_id: now})
+        pipe.zremrangebyscore(JOBS_INDEX, "-inf", now - self._max_ttl())
+        pipe.execute()
         return record
 
     def transition(
-        self, job_id: str, status: Status, /, *, count_attempt: bool = False, **fields: Any
-    ) -> bool:
-        """Move a job to `status` and set `fields`; return False when the move is refused."""
+        self,
+        job_id: str,
+        job_type: str,
+        status: Status,
+        /,
+        *,
+        count_attempt: bool = False,
+        **fields: Any,
+    ) -> int:
+        """Move a job to `status` and set `fields`; return 0 when the move is refused, else
+        the number of deliveries so far."""
         fields.pop("status", None)
+        ttl = self.ttl(job_type)
         if status in TERMINAL:
             fields.setdefault("finished_at", now_iso())
-        fields.setdefault("expires_at", self._expires())
-        argv: list[str] = [status, str(self.ttl), "1" if count_attempt else "0"]
+        fields["expires_at"] = now_iso(datetime.now(UTC) + timedelta(seconds=ttl))
+        argv: list[str] = [status, str(ttl), "1" if count_attempt else "0"]
         for name, value in fields.items():
             argv += [name, json.dumps(value)]
         keys = [self.key(job_id), self.channel(job_id)]
-        return bool(self._transition(keys=keys, args=argv))
+        return int(self._transition(keys=keys, args=argv))
 
-    def progress(self, job_id: str, progress: float, stage: str) -> None:
-        """Record how far a running job has got."""
-        self._progress(
+    def progress(self, job_id: str, progress: float, stage: str) -> str | None:
+        """Record how far a running job has got; return its status (None: expired)."""
+        status = self._progress(
             keys=[self.key(job_id)], args=[json.dumps(round(progress, 3)), json.dumps(stage)]
         )
+        return None if status is None else _text(status)
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Set fields of an existing record, whatever its status (e.g. callback delivery)."""
+        key = self.key(job_id)
+        if self.redis.exists(key):
+            self.redis.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Return the record, or None for an id never issued or expired."""
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             return None
-        fields = {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
-        }
+        fields = {_text(k): json.loads(v) for k, v in raw.items()}
         return {name: fields.get(name) for name in RECORD_FIELDS} | fields
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
@@ -331,9 +447,9 @@ class JobStore:
             pubsub.subscribe(self.channel(job_id))
             # Read again after subscribing: the job may have ended in between.
             record = self.get(job_id)
-            deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+            deadline = time.monotonic() + timeout
             while record is not None and record["status"] not in TERMINAL:
-                left = (deadline - datetime.now(UTC)).total_seconds()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 if pubsub.get_message(timeout=min(left, 1.0)) is not None:
@@ -341,6 +457,138 @@ class JobStore:
         finally:
             pubsub.close()
         return record
+
+    def list(
+        self,
+        *,
+        job_type: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """Return records newest first, and the cursor of the next page (None: no more).
+
+        `before` is the (submit time, job id) of the last record of the previous page.
+        """
+        found: list[dict[str, Any]] = []
+        high: float | str = "+inf" if before is None else before[0]
+        low: float | str = "-inf" if since is None else since
+        offset, batch, cursor = 0, max(limit * 2, 100), None
+        while len(found) < limit:
+            rows = cast(
+                list[tuple[bytes, float]],
+                self.redis.zrevrangebyscore(
+                    JOBS_INDEX, high, low, start=offset, num=batch, withscores=True
+                ),
+            )
+            if not rows:
+                return found, None
+            offset += len(rows)
+            pipe = self.redis.pipeline()
+            for member, _ in rows:
+                pipe.hgetall(self.key(_text(member)))
+            for (member, score), raw in zip(rows, pipe.execute(), strict=True):
+                job_id = _text(member)
+                if before is not None and score == before[0] and job_id >= before[1]:
+                    continue  # already on the previous page
+                if not raw:
+                    continue  # expired; the index is trimmed lazily
+                record = {_text(k): json.loads(v) for k, v in raw.items()}
+                if (job_type and record["type"] != job_type) or (
+                    status and record["status"] != status
+                ):
+                    continue
+                found.append({name: record.get(name) for name in LIST_FIELDS})
+                cursor = (float(score), job_id)
+                if len(found) == limit:
+                    return found, cursor
+        return found, cursor
+
+    @staticmethod
+    def _idempotency_key(key: str) -> str:
+        return f"{KEY_PREFIX}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def claim_idempotency(
+        self, key: str, digest: str, job_id: str, *, rebind: bool = False
+    ) -> str | None:
+        """Bind an Idempotency-Key to a job; return the job already bound to it, if any.
+
+        Raises JobConflict when the key is bound to a different request. `rebind` moves a
+        key this request holds to another job.
+        """
+        name = self._idempotency_key(key)
+        value = json.dumps({"job_id": job_id, "digest": digest})
+        if self.redis.set(name, value, nx=not rebind, ex=self._max_ttl()):
+            return None
+        held = json.loads(self.redis.get(name) or "null")
+        if held is None:  # expired in between: take it
+            self.redis.set(name, value, ex=self._max_ttl())
+            return None
+        if held["digest"] != digest:
+            raise JobConflict(held["job_id"])
+        return str(held["job_id"])
+
+    def release_idempotency(self, key: str) -> None:
+        """Forget an Idempotency-Key whose job could not be queued."""
+        self.redis.delete(self._idempotency_key(key))
+
+    def single_flight(self, digest: str, job_id: str, ttl: int) -> str:
+        """Return the unfinished job already running this exact request, else `job_id`."""
+        name = f"{KEY_PREFIX}:flight:{digest}"
+        holder = self._single_flight(keys=[name], args=[job_id, str(ttl), f"{KEY_PREFIX}:job:"])
+        return _text(holder)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def notify(celery: Celery, record: dict[str, Any]) -> None:
+    """Queue the delivery of a final record to its `callback_url`, if it has one."""
+    if (record.get("params") or {}).get("callback_url"):
+        celery.send_task(TASK_CALLBACK, kwargs={"job_id": record["job_id"]}, queue=QUEUE_INFERENCE)
+
+
+def enqueue(
+    store: JobStore,
+    celery: Celery,
+    job_type: str,
+    params: dict[str, Any],
+    *,
+    job_id: str | None = None,
+    extra_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record a job and send it to its queue; return the record.
+
+    When sending fails the record says so (`failed`, EnqueueError) and the error propagates.
+    """
+    job_id = job_id or new_job_id()
+    task_name, queue = JOB_TYPES[job_type]
+    if job_type == "retrain":  # identical retrains in flight collapse into one job
+        holder = store.single_flight(
+            body_digest(job_type, params), job_id, store.settings.visibility_timeout
+        )
+        if holder != job_id:
+            return store.get(holder) or {"job_id": holder, "status": "queued"}
+    record = store.create(job_id, job_type, params)
+    try:
+        celery.send_task(
+            task_name,
+            kwargs={"request": params, **(extra_kwargs or {})},
+            task_id=job_id,
+            queue=queue,
+        )
+    except Exception as exc:
+        store.transition(
+            job_id,
+            job_type,
+            "failed",
+            error={"type": "EnqueueError", "message": f"the job could not be queued: {exc}"},
+            stage="failed",
+        )
+        raise
+    return record
 
 
 # --- the Celery app both sides build from settings -------------------------------------------
@@ -370,11 +618,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Build the lowercase Celery settings from ours."""
     schedule: dict[str, Any] = {}
     if settings.retrain_schedule.strip():
+        # Beat sends a small task that claims the tick, so two beats retrain once.
         schedule["retrain"] = {
-            "task": TASK_RETRAIN,
+            "task": TASK_SCHEDULED_RETRAIN,
             "schedule": parse_crontab(settings.retrain_schedule),
-            "kwargs": {"request": {}, "trigger": "schedule"},
-            "options": {"queue": QUEUE_TRAINING},
+            "options": {"queue": QUEUE_INFERENCE},
         }
     return {
         "broker_url": settings.redis_url,
@@ -387,12 +635,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "timezone": "UTC",
         "enable_utc": True,
-        "task_routes": {task: {"queue": queue} for task, queue in JOB_TYPES.values()},
+        "task_routes": {
+            **{task: {"queue": queue} for task, queue in JOB_TYPES.values()},
+            TASK_SCHEDULED_RETRAIN: {"queue": QUEUE_INFERENCE},
+            TASK_CALLBACK: {"queue": QUEUE_INFERENCE},
+        },
         "task_default_queue": QUEUE_INFERENCE,
         # A redelivery must never start while the first delivery of a retrain still runs.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
         "task_track_started": False,
+        # Every task is idempotent (predict and segment are pure; retrain writes a new
+        # version directory and renames it into place), so each is acknowledged only once
+        # it has run: a worker killed mid-task gets its job delivered again.
+        "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 10_000,
@@ -403,9 +659,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_annotations": {
             TASK_PREDICT: _limits(settings.inference_time_limit),
             TASK_SEGMENT: _limits(settings.inference_time_limit),
-            # Retrain is idempotent (a new version directory, renamed into place), so it
-            # may be acknowledged late: a training worker killed mid-run gets it again.
-            TASK_RETRAIN: {**_limits(settings.training_time_limit), "acks_late": True},
+            TASK_RETRAIN: _limits(settings.training_time_limit),
         },
         "beat_schedule": schedule,
         "beat_schedule_filename": str(settings.artifacts_dir / "celerybeat-schedule"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 import redis
+from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task, signals
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 from threadpoolctl import threadpool_limits
 
@@ -27,22 +29,32 @@ from ml.train import promotion_decision, train_model
 from worker.cache import ModelCache
 from worker.config import Settings
 from worker.contract import (
+    BEAT_LAST_KEY,
     BOOTSTRAP_KEY,
     CATALOG_KEY,
+    JOB_TYPES,
+    MAX_DELIVERIES,
     MODEL_NAMES,
     QUEUE_INFERENCE,
     QUEUE_TRAINING,
+    TASK_CALLBACK,
     TASK_PREDICT,
     TASK_RETRAIN,
+    TASK_SCHEDULED_RETRAIN,
     TASK_SEGMENT,
     WORKERS_KEY,
     JobStore,
     PredictRequest,
     RetrainRequest,
     SegmentRequest,
+    Status,
+    enqueue,
     new_job_id,
+    notify,
     now_iso,
+    validation_context,
 )
+from worker.lifecycle import JobCancelled, model_locks, post_callback
 from worker.results import forecast_result, segment_result
 
 log = logging.getLogger(__name__)
@@ -66,7 +78,7 @@ def redis_client() -> redis.Redis:
 @cache
 def jobs() -> JobStore:
     """Return this process's job store."""
-    return JobStore(redis_client(), settings().result_ttl)
+    return JobStore(redis_client(), settings())
 
 
 @cache
@@ -98,38 +110,77 @@ def run_job(
     """Run `body` for the job whose id is the task id, recording every transition."""
     store = jobs()
     job_id = str(task.request.id)
-    if store.get(job_id) is None:  # sent by beat or by Celery directly: give it a record
+    if store.get(job_id) is None:  # sent by Celery directly: give it a record
         store.create(job_id, job_type, request)
     started = time.perf_counter()
-    if not store.transition(
-        job_id, "running", count_attempt=True, started_at=now_iso(), worker=task.request.hostname
-    ):
-        log.info("job %s is already final; delivery skipped", job_id)
+    deliveries = store.transition(
+        job_id,
+        job_type,
+        "running",
+        count_attempt=True,
+        started_at=now_iso(),
+        worker=task.request.hostname,
+        stage="running",
+    )
+    if not deliveries:
+        log.info("job %s is already final (cancelled, or a duplicate delivery): skipped", job_id)
         return
-    limits = {"max_horizon": settings().max_horizon, "max_batch": settings().max_batch}
+    if deliveries > MAX_DELIVERIES:
+        message = f"the worker running this job was lost {deliveries - 1} times"
+        finish(
+            task.app, job_id, job_type, "failed", error={"type": "WorkerLost", "message": message}
+        )
+        return
 
     def progress(fraction: float, stage: str) -> None:
-        store.progress(job_id, fraction, stage)
+        if store.progress(job_id, fraction, stage) == "cancelled":
+            raise JobCancelled(stage)
 
     try:
-        parsed = schema.model_validate(request, context=limits)
+        parsed = schema.model_validate(request, context=validation_context(settings()))
         result, version = body(parsed, progress)
+    except JobCancelled as exc:
+        store.set_fields(job_id, stage=f"cancelled while {exc}")
+        log.info("job %s cancelled at a checkpoint", job_id)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Transient: the job store or broker went away. Try again later, with backoff.
+        delay = min(2**task.request.retries, 60)
+        with contextlib.suppress(redis.RedisError):
+            store.transition(job_id, job_type, "retrying", stage=f"retrying in {delay}s: {exc}")
+        raise task.retry(exc=exc, countdown=delay, max_retries=5) from exc
     except (MLError, ValidationError, ValueError) as exc:
-        _fail(store, job_id, type(exc).__name__, str(exc))
+        finish(task.app, job_id, job_type, "failed", error=_error(exc))
     except SoftTimeLimitExceeded:
-        _fail(store, job_id, "TimeLimitExceeded", "the job ran over its time limit")
+        finish(task.app, job_id, job_type, "failed", error=_timeout(task))
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        _fail(store, job_id, "InternalError", f"{type(exc).__name__}: {exc}")
+        finish(task.app, job_id, job_type, "failed", error=_error(exc, "InternalError"))
     else:
-        store.transition(
-            job_id, "succeeded", result=result, model_version=version, progress=1.0, stage="done"
-        )
+        finish(task.app, job_id, job_type, "succeeded", result=result, model_version=version)
         log.info("job %s %s succeeded in %.3fs", job_id, job_type, time.perf_counter() - started)
 
 
-def _fail(store: JobStore, job_id: str, kind: str, message: str) -> None:
-    store.transition(job_id, "failed", error={"type": kind, "message": message}, stage="failed")
+def finish(app: Any, job_id: str, job_type: str, status: Status, **fields: Any) -> bool:
+    """Record a final state; queue the callback when the job has one. False: already final."""
+    if status == "succeeded":
+        fields.update(progress=1.0, stage="done")
+    fields.setdefault("stage", status)
+    if not jobs().transition(job_id, job_type, status, **fields):
+        return False
+    record = jobs().get(job_id)
+    if record is not None:
+        notify(app, record)
+    return True
+
+
+def _error(exc: BaseException, kind: str | None = None) -> dict[str, str]:
+    message = str(exc) if kind is None else f"{type(exc).__name__}: {exc}"
+    return {"type": kind or type(exc).__name__, "message": message}
+
+
+def _timeout(task: Task) -> dict[str, str]:
+    limit = task.time_limit or task.soft_time_limit
+    return {"type": "TimeLimitExceeded", "message": f"the job ran over its time limit ({limit}s)"}
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -195,10 +246,20 @@ def retrain(self: Task, request: dict[str, Any], trigger: str = "api") -> None:
 def _retrain(
     req: RetrainRequest, progress: Callable[[float, str], None]
 ) -> tuple[dict[str, Any], None]:
+    job_id = str(retrain.request.id)
+    ttl = settings().training_time_limit + 60
+    with model_locks(redis_client(), req.models, job_id, ttl, progress):
+        return _retrain_locked(req, progress)
+
+
+def _retrain_locked(
+    req: RetrainRequest, progress: Callable[[float, str], None]
+) -> tuple[dict[str, Any], None]:
     progress(0.0, "loading data")
     prices, data_version = training_data(settings(), datasets())
     reg = registry()
-    reg.cleanup_tmp()
+    # A staging folder older than the longest training was left by a killed one.
+    reg.cleanup_tmp(min_age_seconds=settings().training_time_limit)
     out: dict[str, Any] = {"data_version": data_version, "models": {}}
     n = len(req.models)
     for i, name in enumerate(req.models):
@@ -209,6 +270,46 @@ def _retrain(
         out["models"][name] = train_and_register(reg, name, prices, data_version, step)
     publish_catalog()
     return out, None
+
+
+@shared_task(name=TASK_SCHEDULED_RETRAIN, bind=True)
+def scheduled_retrain(self: Task) -> str | None:
+    """Queue the scheduled retrain once per tick, however many beats sent this."""
+    client = redis_client()
+    client.set(BEAT_LAST_KEY, now_iso())
+    tick = now_iso()[:16]  # the minute: crontab's resolution
+    if not client.set(f"{BEAT_LAST_KEY}:{tick}", str(self.request.id), nx=True, ex=3600):
+        log.info("retrain of tick %s already queued by another beat", tick)
+        return None
+    record = enqueue(
+        jobs(), self.app, "retrain", RetrainRequest().model_dump(mode="json"),
+        extra_kwargs={"trigger": "schedule"},
+    )  # fmt: skip
+    return str(record["job_id"])
+
+
+@shared_task(name=TASK_CALLBACK, bind=True, max_retries=6)
+def deliver_callback(self: Task, job_id: str) -> None:
+    """POST a final record to the job's callback_url, retrying with backoff."""
+    store = jobs()
+    record = store.get(job_id)
+    if record is None:
+        return
+    url = str(record["params"]["callback_url"])
+    attempt = self.request.retries + 1
+    state: dict[str, Any] = {"url": url, "attempts": attempt}
+    try:
+        state["status_code"] = post_callback(
+            url, record, settings().webhook_secret, allow_private=settings().webhook_allow_private
+        )
+        state["delivered_at"] = now_iso()
+    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, refused hosts
+        state["last_error"] = str(exc)
+        store.set_fields(job_id, callback=state)
+        if self.request.retries >= (self.max_retries or 0):
+            return
+        raise self.retry(exc=exc, countdown=min(2**attempt, 300)) from exc
+    store.set_fields(job_id, callback=state)
 
 
 def train_and_register(
@@ -284,6 +385,23 @@ def _init_child(**_: Any) -> None:
     threadpool_limits(limits=settings().worker_threads)
 
 
+TYPE_OF_TASK = {task: job_type for job_type, (task, _) in JOB_TYPES.items()}
+
+
+@signals.task_failure.connect
+def _record_lost(sender: Any = None, task_id: str = "", exception: Any = None, **_: Any) -> None:
+    # Sent by the worker's main process when a child died or hit its hard time limit and
+    # the job will not be delivered again: the child could not record it, so we do.
+    job_type = TYPE_OF_TASK.get(getattr(sender, "name", ""))
+    if job_type is None or not isinstance(exception, WorkerLostError | TimeLimitExceeded):
+        return
+    if isinstance(exception, TimeLimitExceeded):
+        error = _timeout(sender)
+    else:
+        error = {"type": "WorkerLost", "message": f"the worker running the job died: {exception}"}
+    finish(sender.app, task_id, job_type, "failed", error=error)
+
+
 def catalog() -> dict[str, Any]:
     """Describe the models being served, for the API's readiness check and validation."""
     reg, store = registry(), datasets()
@@ -354,14 +472,10 @@ def bootstrap_models(app: Any) -> str | None:
     job_id = new_job_id()
     if not redis_client().set(BOOTSTRAP_KEY, job_id, nx=True, ex=settings().training_time_limit):
         return None
-    request = {"models": missing}
-    jobs().create(job_id, "retrain", request)
-    app.send_task(
-        TASK_RETRAIN,
-        kwargs={"request": request, "trigger": "bootstrap"},
-        task_id=job_id,
-        queue=QUEUE_TRAINING,
-    )
+    enqueue(
+        jobs(), app, "retrain", {"models": missing}, job_id=job_id,
+        extra_kwargs={"trigger": "bootstrap"},
+    )  # fmt: skip
     log.info("no current %s model: queued retrain %s", " or ".join(missing), job_id)
     return job_id
 

@@ -66,11 +66,12 @@ def test_compose_commands_complete_a_job(stack: Stack, tmp_path: Path) -> None:
     port = free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name in ("api", "worker-inference", "worker-training", "beat"):
-            svc = COMPOSE["services"][name]
+        # Two beats (each with its own schedule file) must still retrain once per tick.
+        for name in ("api", "worker-inference", "worker-training", "beat", "beat-2"):
+            svc = COMPOSE["services"][name.removesuffix("-2")]
             env = service_env(
                 redis_url,
-                artifacts,
+                artifacts if name != "beat-2" else tmp_path / "beat-2",
                 **{k: str(v) for k, v in svc["environment"].items()
                    if k not in ("REDIS_URL", "ARTIFACTS_DIR", "HOST", "PORT")},
                 HOST="127.0.0.1",
@@ -97,16 +98,19 @@ def test_compose_commands_complete_a_job(stack: Stack, tmp_path: Path) -> None:
             _, record = http("GET", f"{base}/result/{job['job_id']}?wait=5")
             assert record["status"] not in ("failed", "cancelled"), record
         assert len(record["result"]["forecasts"][0]["steps"]) == 3
-        # beat fires the every-minute schedule: a retrain record appears.
-        r = redis.Redis.from_url(redis_url)
+        # Both beats fire the every-minute schedule: one retrain job appears for the tick.
         deadline = time.monotonic() + 75
-        scheduled: list[dict[str, Any]] = []
+        scheduled: list[Any] = []
         while time.monotonic() < deadline and not scheduled:
-            for key in r.scan_iter("mlstock:job:*"):
-                if json.loads(r.hget(key, "type") or b"null") == "retrain":
-                    scheduled.append({"key": key})
+            _, listing = http("GET", base + "/jobs?type=retrain")
+            scheduled = listing["jobs"]
             time.sleep(1)
         assert scheduled, (tmp_path / "beat.log").read_text()[-2000:]
+        time.sleep(3)  # the second beat's send of the same tick has been handled by now
+        _, listing = http("GET", base + "/jobs?type=retrain")
+        assert len(listing["jobs"]) == 1, listing
+        for name in ("beat", "beat-2"):
+            assert "Sending due task retrain" in (tmp_path / f"{name}.log").read_text()
     finally:
         for proc in procs.values():
             stop(proc)
