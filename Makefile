@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install install-dev run test test-all lint format mypy clean
+.PHONY: all install install-dev run test test-faults lint format mypy clean
 
 all: lint mypy test
 
@@ -31,6 +31,10 @@ run: install
 ## test: the default suite (unit + integration against its own Redis and workers)
 test: install-dev
 	$(BIN)/python -m pytest
+
+## test-faults: workers, Redis and the API killed and restarted under load (a few minutes)
+test-faults: install-dev
+	$(BIN)/python -m pytest -m faults -s tests/faults
 
 lint: install-dev
 	$(BIN)/ruff check .

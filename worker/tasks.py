@@ -19,6 +19,8 @@ from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task, signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import BaseModel, ValidationError
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from threadpoolctl import threadpool_limits
 
 from ml.data import read_prices_csv, synthetic_market
@@ -54,7 +56,7 @@ from worker.contract import (
     now_iso,
     validation_context,
 )
-from worker.lifecycle import JobCancelled, model_locks, post_callback
+from worker.lifecycle import JobCancelled, lock_key, model_locks, post_callback
 from worker.results import forecast_result, segment_result
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,18 @@ def settings() -> Settings:
 
 @cache
 def redis_client() -> redis.Redis:
-    """Return this process's Redis client."""
-    return redis.Redis.from_url(settings().redis_url, health_check_interval=30)
+    """Return this process's Redis client.
+
+    It rides out a Redis restart of up to about a minute (backoff 0.1 s to 5 s, 15 tries)
+    so a job that ran during the outage still records its result when Redis is back.
+    """
+    return redis.Redis.from_url(
+        settings().redis_url,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.1), 15),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 @cache
@@ -156,8 +168,9 @@ def run_job(
         log.exception("job %s crashed", job_id)
         finish(task.app, job_id, job_type, "failed", error=_error(exc, "InternalError"))
     else:
-        finish(task.app, job_id, job_type, "succeeded", result=result, model_version=version)
-        log.info("job %s %s succeeded in %.3fs", job_id, job_type, time.perf_counter() - started)
+        if finish(task.app, job_id, job_type, "succeeded", result=result, model_version=version):
+            seconds = time.perf_counter() - started
+            log.info("job %s %s succeeded in %.3fs", job_id, job_type, seconds)
 
 
 def finish(app: Any, job_id: str, job_type: str, status: Status, **fields: Any) -> bool:
@@ -480,11 +493,43 @@ def bootstrap_models(app: Any) -> str | None:
     return job_id
 
 
+def recover_orphans(app: Any, hostname: str) -> list[str]:
+    """Send again the jobs a previous run of this worker left running when it died.
+
+    Their messages wait unacknowledged until Redis's visibility timeout (longer than the
+    longest training); a worker name is unique among live workers, so a job recorded as
+    running here belongs to a dead predecessor. A late original delivery finds the job
+    final and is skipped.
+    """
+    store = jobs()
+    orphans = [
+        record
+        for status in ("running", "retrying")
+        for record in store.list(status=status, limit=1000)[0]
+        if record["worker"] == hostname
+    ]
+    for record in orphans:
+        task_name, queue = JOB_TYPES[record["type"]]
+        app.send_task(
+            task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
+        )
+        log.warning("job %s was left running by a dead %s: sent again", record["job_id"], hostname)
+    return [str(r["job_id"]) for r in orphans]
+
+
+def _cleanup_staging() -> None:
+    # With no retrain holding a lock, any staging folder is a killed training's leftover.
+    if not any(redis_client().scan_iter(match=lock_key("*"), count=100)):
+        registry().cleanup_tmp()
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any, **_: Any) -> None:
     global _heartbeat
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    recover_orphans(sender.app, sender.hostname)
     if QUEUE_TRAINING in queues:
+        _cleanup_staging()
         bootstrap_models(sender.app)
     _heartbeat = Heartbeat(sender.hostname, queues)
     _heartbeat.start()
