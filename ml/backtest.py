@@ -194,10 +194,11 @@ def score_walk_forward(
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for subset, mask in subsets.items():
         cell = forecasts[mask]
+        steps = cell["step"].to_numpy()
         results[subset] = {
             method: [
-                {"step": int(h), **_method_scores(group, method, scale[int(h)])}
-                for h, group in cell.groupby("step", sort=True)
+                {"step": h, **_method_scores(cell[steps == h], method, scale[h])}
+                for h in sorted({int(v) for v in steps})
             ]
             for method in METHODS
         }
@@ -251,8 +252,14 @@ def _summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, A
     for subset, methods in results.items():
         for method, per_step in methods.items():
             rel = [s["relative_mase"] for s in per_step if s["relative_mase"] is not None]
+            naive_steps = methods["naive"]
+            naive_total = sum(s["mae"] for s in naive_steps)
             entry = {
                 "relative_mase": float(np.exp(np.mean(np.log(rel)))) if rel else None,
+                # Pooled over steps and tickers: the figure of earlier cards, for comparison.
+                "relative_mae": sum(s["mae"] for s in per_step) / naive_total
+                if naive_total > 0
+                else None,
                 "mase": _mean([s["mase"] for s in per_step]),
                 "directional_accuracy": _mean([s["directional_accuracy"] for s in per_step]),
                 "coverage_80": _mean([s["coverage_80"] for s in per_step]),
@@ -393,3 +400,38 @@ def segment_quality(model: Segmenter, prices: pd.DataFrame) -> dict[str, Any]:
         "silhouette": silhouette,
         "sizes": sizes,
     }
+
+
+def format_table(report: dict[str, Any], steps: tuple[int, ...] | None = None) -> str:
+    """Render a walk-forward report as a text table: per subset, step and method."""
+    horizon = int(report["horizon"])
+    shown = steps or tuple(sorted({1, min(5, horizon), horizon}))
+    header = (
+        f"{'subset':<9} {'h':>2} {'method':<6} {'relMASE':>8} {'MASE':>6} {'dir':>5} "
+        f"{'cov80':>6} {'cov95':>6} {'width80':>8} {'winkler80':>9}"
+    )
+    lines = [
+        f"walk-forward: {report['n_origins']} refits {report['step']} days apart, embargo "
+        f"{report['embargo']}, origins {report['test_start']}..{report['test_end']}, "
+        f"{report['n_tickers']} tickers, {report['n_forecasts']} forecasts",
+        header,
+        "-" * len(header),
+    ]
+    for subset, methods in report["results"].items():
+        for h in shown:
+            for method, per_step in methods.items():
+                row = next((s for s in per_step if s["step"] == h), None)
+                if row is None:
+                    continue
+                lines.append(
+                    f"{subset:<9} {h:>2} {method:<6} {_fmt(row['relative_mase'], 8, 4)} "
+                    f"{_fmt(row['mase'], 6, 3)} {_fmt(row['directional_accuracy'], 5, 2)} "
+                    f"{_fmt(row['coverage_80'], 6, 3)} {_fmt(row['coverage_95'], 6, 3)} "
+                    f"{_fmt(row['width_80'], 8, 4)} {_fmt(row['winkler_80'], 9, 4)}"
+                )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, width: int, digits: int) -> str:
+    """Format a figure right-aligned, or a dash for None."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"

@@ -7,6 +7,7 @@ from typing import Any, Self
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
@@ -138,14 +139,60 @@ class Segmenter(BaseEstimator):  # type: ignore[misc]
         self.feature_names_ = list(FEATURES)
         self.tickers_ = [str(t) for t in features.index]
         self.features_ = features
-        self.labels_ = _segment_labels(self.kmeans_.cluster_centers_)
-        self.profiles_ = self._profiles(features, self.kmeans_.labels_)
+        self.segment_ids_ = np.arange(self.n_segments_)
+        self._describe()
         return self
+
+    def _describe(self) -> None:
+        """Set labels_ and profiles_ (keyed by public segment id) from the clustering."""
+        names = _segment_labels(self.kmeans_.cluster_centers_)
+        self.labels_ = {int(self.segment_ids_[c]): names[c] for c in range(self.n_segments_)}
+        self.profiles_ = self._profiles(
+            self.features_, self.segment_ids_[self.kmeans_.labels_].astype(int)
+        )
+
+    def assignments(self) -> dict[str, int]:
+        """Return the public segment id of every ticker the segmenter was fitted on."""
+        check_is_fitted(self)
+        ids = getattr(self, "segment_ids_", np.arange(self.n_segments_))
+        return {t: int(ids[c]) for t, c in zip(self.tickers_, self.kmeans_.labels_, strict=True)}
+
+    def align_to(self, previous: Segmenter) -> float | None:
+        """Renumber segments to match ``previous`` (Hungarian assignment); return the churn.
+
+        Segments are matched by the tickers they share (most shared tickers overall), so a
+        segment that persists keeps its id across retrains; unmatched segments take the
+        smallest ids the previous version did not use. Churn is the share of tickers in
+        both versions whose segment id changed; None when they share no ticker.
+        """
+        check_is_fitted(self)
+        old = previous.assignments()
+        new_cluster = dict(zip(self.tickers_, self.kmeans_.labels_, strict=True))
+        common = [t for t in self.tickers_ if t in old]
+        if not common:
+            return None
+        old_ids = sorted(set(old.values()))
+        overlap = np.zeros((self.n_segments_, len(old_ids)))
+        for t in common:
+            overlap[new_cluster[t], old_ids.index(old[t])] += 1
+        rows, cols = linear_sum_assignment(-overlap)
+        ids = np.full(self.n_segments_, -1)
+        for r, c in zip(rows, cols, strict=True):
+            if overlap[r, c] > 0:
+                ids[r] = old_ids[c]
+        free = (i for i in range(self.n_segments_ + len(old_ids)) if i not in set(ids))
+        for r in range(self.n_segments_):
+            if ids[r] < 0:
+                ids[r] = next(free)
+        self.segment_ids_ = ids
+        self._describe()
+        mine = self.assignments()
+        return float(np.mean([mine[t] != old[t] for t in common]))
 
     def _profiles(self, features: pd.DataFrame, segments: np.ndarray) -> list[dict[str, Any]]:
         """Return each segment's label, size and mean raw feature values."""
         profiles = []
-        for segment in range(self.n_segments_):
+        for segment in sorted(self.labels_):
             members = features[segments == segment]
             profiles.append(
                 {
@@ -182,7 +229,9 @@ class Segmenter(BaseEstimator):  # type: ignore[misc]
 
     def _assign(self, values: np.ndarray) -> pd.DataFrame:
         """Return the segment and label of each row of raw features."""
-        segments = self.kmeans_.predict(self.scaler_.transform(values)).astype(int)
+        clusters = self.kmeans_.predict(self.scaler_.transform(values))
+        ids = getattr(self, "segment_ids_", np.arange(self.n_segments_))
+        segments = ids[clusters].astype(int)
         return pd.DataFrame({"segment": segments, "label": [self.labels_[s] for s in segments]})
 
 
