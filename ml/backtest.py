@@ -351,7 +351,8 @@ def _scores(frame: pd.DataFrame) -> dict[str, Any]:
     predicted = frame["close"].to_numpy()
     mae = float(np.mean(np.abs(predicted - actual) / origin))
     mae_naive = float(np.mean(np.abs(origin - actual) / origin))
-    moved = actual != origin  # a flat day has no direction to get right
+    # A flat day has no direction to get right; a naive point (no move) claims none.
+    moved = (actual != origin) & (predicted != origin)
     hits = np.sign(predicted - origin) == np.sign(actual - origin)
     return {
         "n": int(len(frame)),
@@ -383,9 +384,10 @@ def segment_quality(model: Segmenter, prices: pd.DataFrame) -> dict[str, Any]:
     """
     features = ticker_features(prices, window=model.window)
     segments = model.predict_features(features.to_numpy())["segment"].to_numpy()
+    clusters = model.kmeans_.predict(model.cluster_space(features.to_numpy()))
     distinct = len(np.unique(segments))
     silhouette = (
-        float(silhouette_score(model.scaler_.transform(features.to_numpy()), segments))
+        float(silhouette_score(model.cluster_space(features.to_numpy()), clusters))
         if 2 <= distinct < len(segments)
         else None
     )
