@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install install-dev run test test-faults lint format mypy clean
+.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality
 
 all: lint mypy test
 
@@ -46,6 +46,10 @@ format: install-dev
 
 mypy: install-dev
 	$(BIN)/mypy api worker ml mlstock
+
+## bench-quality: walk-forward backtests (synthetic and real) and segment quality
+bench-quality: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

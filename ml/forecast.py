@@ -29,6 +29,16 @@ MOMENTUM_WINDOWS = (5, 10, 20, 40)
 VOLATILITY_WINDOWS = (5, 20, 40)
 HIGH_WINDOW = 20
 COVERAGES = (0.80, 0.95)
+# Weights of the model's point forecast tried on the calibration split: 0 serves the naive
+# last-value forecast, 1 the regressor as fitted, in between a shrunk forecast.
+SHRINKAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+# A weight above 0 must beat naive on the calibration split by this many standard errors
+# (dates in blocks of the horizon step, so overlapping targets do not inflate the count).
+SHRINKAGE_T = 2.0
+# Interval quantiles are calibrated separately in this many bands of the origin's sigma
+# (Mondrian conformal): normalized residuals are not identically distributed across
+# volatility levels, as vol mean-reverts, so one quantile over- and under-covers.
+VOL_BANDS = 3
 # Fewest training and calibration rows per step for a fit and its quantiles to mean much.
 _MIN_ROWS = 20
 FEATURE_NAMES = (
@@ -158,6 +168,11 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
     Daily returns are mostly noise, so the defaults regularize hard (small trees, large
     leaves, a slow learning rate): less flexible settings came closer to, or beat, the
     naive last-value forecast in holdouts on the synthetic market and on real prices.
+
+    The point forecast is never meant to be worse than naive: per step, the regressor's
+    output is multiplied by a weight ``shrinkage_[h-1]`` in SHRINKAGE_GRID chosen on the
+    calibration split (0 = naive last value), and the conformal residuals are measured
+    around that shrunk point. ``point_`` says what is served: "model", "naive" or "shrunk".
     """
 
     def __init__(
@@ -201,7 +216,15 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         calibration_part = date_index >= calibration_start
 
         steps = range(1, self.horizon + 1)
-        quantiles = np.empty((self.horizon, len(COVERAGES)))
+        quantiles = np.empty((self.horizon, VOL_BANDS, len(COVERAGES)))
+        shrinkage = np.empty(self.horizon)
+        in_calibration = panel.ready & calibration_part
+        band_edges = (
+            np.quantile(panel.sigma[in_calibration], np.arange(1, VOL_BANDS) / VOL_BANDS)
+            if in_calibration.any()
+            else np.zeros(VOL_BANDS - 1)
+        )
+        band = np.searchsorted(band_edges, panel.sigma, side="right")
         estimators: list[HistGradientBoostingRegressor] = []
         done, total = 0, 2 * self.horizon
         for step in steps:
@@ -215,8 +238,16 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
                     f"{MIN_HISTORY} prices, and the dates must span several months)"
                 )
             held_out = self._regressor().fit(panel.features[train], target[train])
-            residuals = np.abs(target[calibration] - held_out.predict(panel.features[calibration]))
-            quantiles[step - 1] = [_conformal_quantile(residuals, c) for c in COVERAGES]
+            predicted = held_out.predict(panel.features[calibration])
+            weight = _best_shrinkage(
+                target[calibration], predicted, date_index[calibration] // step
+            )
+            residuals = np.abs(target[calibration] - weight * predicted)
+            shrinkage[step - 1] = weight
+            for b in range(VOL_BANDS):
+                mine = residuals[band[calibration] == b]
+                pooled = mine if len(mine) >= _MIN_ROWS else residuals
+                quantiles[step - 1, b] = [_conformal_quantile(pooled, c) for c in COVERAGES]
             done += 1
             if progress is not None:
                 progress(done / total)
@@ -230,6 +261,15 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         self.estimators_ = estimators
         self.quantiles_ = quantiles
+        self.shrinkage_ = shrinkage
+        self.band_edges_ = band_edges
+        self.point_ = (
+            "naive"
+            if np.all(shrinkage == 0.0)
+            else "model"
+            if np.all(shrinkage == 1.0)
+            else "shrunk"
+        )
         self.tickers_ = sorted(str(t) for t in np.unique(panel.ticker))
         self.trained_through_ = pd.Timestamp(dates[-1])
         self.min_history_ = MIN_HISTORY
@@ -348,7 +388,11 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         step = np.arange(1, steps + 1)
         # (origins, steps) matrices; row-major flattening keeps the panel's ticker/date
         # order with the steps of each origin together.
-        center = np.column_stack([self.estimators_[h - 1].predict(features) for h in step])
+        # Versions saved before shrinkage existed served the regressor as is.
+        weights = getattr(self, "shrinkage_", np.ones(len(self.estimators_)))
+        center = np.column_stack(
+            [weights[h - 1] * self.estimators_[h - 1].predict(features) for h in step]
+        )
         scale = panel.sigma[rows, None] * np.sqrt(step)
         origin_close = np.repeat(panel.close[rows], steps)
         origin_date = pd.DatetimeIndex(np.repeat(panel.date[rows], steps))
@@ -358,7 +402,14 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             "date": _add_business_days(origin_date, np.tile(step, len(rows))),
             "close": origin_close * np.exp(center * scale).ravel(),
         }
-        for coverage, half_width in zip(COVERAGES, self.quantiles_[:steps].T, strict=True):
+        quantiles = self.quantiles_[:steps]
+        if quantiles.ndim == 2:  # versions saved before volatility bands: one band
+            half_widths = np.broadcast_to(quantiles[None], (len(rows), *quantiles.shape))
+        else:
+            band = np.searchsorted(self.band_edges_, panel.sigma[rows], side="right")
+            half_widths = quantiles.transpose(1, 0, 2)[band]  # (origins, steps, coverages)
+        for i, coverage in enumerate(COVERAGES):
+            half_width = half_widths[:, :, i]
             level = round(coverage * 100)
             columns[f"lower_{level}"] = origin_close * np.exp((center - half_width) * scale).ravel()
             columns[f"upper_{level}"] = origin_close * np.exp((center + half_width) * scale).ravel()
@@ -373,6 +424,28 @@ def _add_business_days(dates: pd.DatetimeIndex, days: np.ndarray) -> pd.Datetime
     # (Saturday + 1 business day = Monday), without BDay's slow per-element path.
     moved = np.busday_offset(dates.values.astype("datetime64[D]"), days, roll="backward")
     return pd.DatetimeIndex(moved.astype("datetime64[ns]"))
+
+
+def _best_shrinkage(target: np.ndarray, predicted: np.ndarray, block: np.ndarray) -> float:
+    """Return the weight in SHRINKAGE_GRID with the least MAE among those beating naive.
+
+    A weight qualifies only when its absolute-error advantage over naive (weight 0) is
+    at least SHRINKAGE_T standard errors, with errors averaged per ``block`` (groups of
+    dates) so that correlated rows count once. Otherwise the naive point is served: the
+    model must earn its keep.
+    """
+    naive = np.abs(target)
+    best, best_mae = 0.0, float(np.mean(naive))
+    for weight in SHRINKAGE_GRID[1:]:
+        loss = np.abs(target - weight * predicted) - naive
+        per_block = pd.Series(loss).groupby(block).mean().to_numpy()
+        if len(per_block) < 2:
+            continue
+        spread = float(np.std(per_block, ddof=1)) / math.sqrt(len(per_block))
+        mae = float(np.mean(np.abs(target - weight * predicted)))
+        if spread > 0 and -float(np.mean(per_block)) / spread >= SHRINKAGE_T and mae < best_mae:
+            best, best_mae = weight, mae
+    return best
 
 
 def _conformal_quantile(residuals: np.ndarray, coverage: float) -> float:

@@ -9,14 +9,15 @@ from typing import Any
 
 import pandas as pd
 
-from ml.backtest import holdout_forecast, segment_quality
+from ml.backtest import DEFAULT_ORIGINS, DEFAULT_STEP, backtest_forecaster, segment_quality
 from ml.errors import RegistryError
 from ml.forecast import Forecaster
 from ml.segment import Segmenter
 
 MODEL_NAMES = ("forecast", "segment")
-# A challenger's 80% coverage may fall at most this far below the champion's.
-COVERAGE_SLACK = 0.05
+# Default band around nominal that 80% and 95% backtest coverage must fall in.
+COVERAGE_BAND = 0.05
+NOMINAL = {"coverage_80": 0.80, "coverage_95": 0.95}
 
 Progress = Callable[[float, str], None]
 
@@ -31,19 +32,24 @@ def train_model(
     *,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    previous: object | None = None,
+    backtest: Mapping[str, int] | None = None,
 ) -> tuple[Forecaster | Segmenter, dict[str, Any]]:
     """Build model ``name`` with ``params``, evaluate it, fit it on all prices; return both.
 
     ``progress(fraction, stage)`` is called as stages start and during long fits, so a
-    caller can report progress, or cancel by raising from it.
+    caller can report progress, or cancel by raising from it. ``previous`` is the current
+    segmenter, if any: the new one keeps its segment ids where segments match and reports
+    churn. ``backtest`` overrides the forecaster's walk-forward ``n_origins`` and ``step``.
     """
     report = progress or _no_progress
     started = time.perf_counter()
     model: Forecaster | Segmenter
     if name == "forecast":
-        model, metrics = _train_forecaster(prices, dict(params or {}), report)
+        model, metrics = _train_forecaster(prices, dict(params or {}), report, dict(backtest or {}))
     elif name == "segment":
-        model, metrics = _train_segmenter(prices, dict(params or {}), report)
+        prior = previous if isinstance(previous, Segmenter) else None
+        model, metrics = _train_segmenter(prices, dict(params or {}), report, prior)
     else:
         raise RegistryError(f"unknown model name {name!r}; expected one of {MODEL_NAMES}")
     report(1.0, "done")
@@ -54,27 +60,61 @@ def train_model(
 
 
 def _train_forecaster(
-    prices: pd.DataFrame, params: dict[str, Any], report: Progress
+    prices: pd.DataFrame, params: dict[str, Any], report: Progress, backtest: dict[str, int]
 ) -> tuple[Forecaster, dict[str, Any]]:
-    """Score a forecaster on the holdout, then fit it on all prices."""
+    """Backtest a forecaster walk-forward, then fit it on all prices.
+
+    The card's headline figures are the model's walk-forward summary over steps 1..H;
+    the full report (per step, per volatility tercile, naive and drift) is ``backtest``.
+    """
     model: Forecaster = Forecaster().set_params(**params)  # unknown names: ValueError
-    # The holdout fits a clone on the pre-test data: about half of the work.
-    report(0.0, "evaluating")
-    metrics = holdout_forecast(prices, model, progress=lambda f: report(0.5 * f, "evaluating"))
-    report(0.5, "fitting")
-    model.fit(prices, progress=lambda f: report(0.5 + 0.5 * f, "fitting"))
+    n_origins = int(backtest.get("n_origins", DEFAULT_ORIGINS))
+    step = int(backtest.get("step", DEFAULT_STEP))
+    # The walk-forward refits n_origins clones; the final fit is one more.
+    share = n_origins / (n_origins + 1)
+    report(0.0, "backtesting")
+    report_ = backtest_forecaster(
+        prices,
+        model,
+        n_origins=n_origins,
+        step=step,
+        progress=lambda f: report(share * f, "backtesting"),
+    )
+    report(share, "fitting")
+    model.fit(prices, progress=lambda f: report(share + (1 - share) * f, "fitting"))
+    summary = report_["summary"]["overall"]
+    metrics: dict[str, Any] = {
+        "evaluation": (
+            f"walk-forward backtest: {n_origins} expanding-window refits {step} business days "
+            f"apart, embargo {report_['embargo']} days, every (ticker, date) from "
+            f"{report_['test_start']} to {report_['test_end']} an origin; "
+            "figures averaged over steps 1..H"
+        ),
+        **summary["model"],
+        "relative_mase_drift": summary["drift"]["relative_mase"],
+        "coverage_80_by_tercile": {
+            t: report_["summary"][t]["model"]["coverage_80"] for t in ("calm", "middle", "volatile")
+        },
+        "point": model.point_,
+        "shrinkage": [float(w) for w in model.shrinkage_],
+        "backtest": report_,
+    }
     return model, metrics
 
 
 def _train_segmenter(
-    prices: pd.DataFrame, params: dict[str, Any], report: Progress
+    prices: pd.DataFrame, params: dict[str, Any], report: Progress, previous: Segmenter | None
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """Fit a segmenter on all prices, then score its segments."""
+    """Fit a segmenter on all prices, align its ids to ``previous``, score its segments."""
     model: Segmenter = Segmenter().set_params(**params)
     report(0.0, "fitting")
     model.fit(prices)
+    churn = model.align_to(previous) if previous is not None else None
     report(0.8, "evaluating")
-    return model, segment_quality(model, prices)
+    metrics = segment_quality(model, prices)
+    metrics["churn"] = churn
+    metrics["previous_ids_matched"] = previous is not None
+    return model, metrics
 
 
 def promotion_decision(
@@ -83,41 +123,53 @@ def promotion_decision(
     champion_metrics: Mapping[str, Any] | None,
     *,
     tolerance: float = 0.02,
+    coverage_band: float = COVERAGE_BAND,
 ) -> tuple[bool, str]:
     """Decide whether a new model replaces the champion; return the decision and why.
 
-    forecast: relative MAE (model / naive) at most the champion's * (1 + tolerance), and
-    80% coverage at most COVERAGE_SLACK below the champion's. segment: silhouette at
-    least the champion's - tolerance. Without a champion the new model is promoted.
+    forecast: the walk-forward 80% and 95% coverage must each be within
+    ``coverage_band`` of nominal, and the relative MASE (vs naive) at most the champion's
+    + ``tolerance``; the first model needs only the coverage band. segment: silhouette at
+    least the champion's - ``tolerance``; the first segmenter is promoted.
     """
     if name not in MODEL_NAMES:
         raise RegistryError(f"unknown model name {name!r}; expected one of {MODEL_NAMES}")
+    if name == "forecast":
+        return _forecast_decision(metrics, champion_metrics, tolerance, coverage_band)
     if champion_metrics is None:
         return True, "promoted: there is no champion yet"
-    if name == "forecast":
-        return _forecast_decision(metrics, champion_metrics, tolerance)
     return _segment_decision(metrics, champion_metrics, tolerance)
 
 
 def _forecast_decision(
-    new: Mapping[str, Any], old: Mapping[str, Any], tolerance: float
+    new: Mapping[str, Any], old: Mapping[str, Any] | None, tolerance: float, band: float
 ) -> tuple[bool, str]:
-    """Compare relative MAE and 80% coverage of a challenger with the champion's."""
-    rel, old_rel = _number(new, "relative_mae"), _number(old, "relative_mae")
-    cov, old_cov = _number(new, "coverage_80"), _number(old, "coverage_80")
-    if rel is None or cov is None:
-        return False, "kept: the new model has no relative_mae or coverage_80 to compare"
-    if old_rel is None or old_cov is None:
-        return True, "promoted: the champion has no comparable relative_mae or coverage_80"
+    """Gate a challenger forecaster on coverage, then on relative MASE vs the champion."""
+    coverage = {key: _number(new, key) for key in NOMINAL}
+    rel = _number(new, "relative_mase")
+    if rel is None or None in coverage.values():
+        return False, "kept: the new model has no relative_mase, coverage_80 or coverage_95"
+    misses = [
+        f"{key.split('_')[1]}% coverage {value:.3f} is outside {NOMINAL[key]:.2f} +/- {band:.2f}"
+        for key, value in coverage.items()
+        if value is not None and abs(value - NOMINAL[key]) > band
+    ]
     figures = (
-        f"relative MAE {rel:.4f} vs champion {old_rel:.4f} (limit {old_rel * (1 + tolerance):.4f}),"
-        f" 80% coverage {cov:.3f} vs champion {old_cov:.3f} (floor {old_cov - COVERAGE_SLACK:.3f})"
+        f"relative MASE {rel:.4f}, 80% coverage {coverage['coverage_80']:.3f}, "
+        f"95% coverage {coverage['coverage_95']:.3f} (band +/- {band:.2f})"
     )
-    if rel > old_rel * (1 + tolerance):
-        return False, f"kept: relative MAE is worse than the champion's; {figures}"
-    if cov < old_cov - COVERAGE_SLACK:
-        return False, f"kept: 80% interval coverage fell; {figures}"
-    return True, f"promoted: {figures}"
+    if misses:
+        return False, f"kept: intervals are miscalibrated: {'; '.join(misses)}"
+    if old is None:
+        return True, f"promoted: first model, coverage within the band; {figures}"
+    old_rel = _number(old, "relative_mase")
+    if old_rel is None:
+        return True, f"promoted: the champion has no relative MASE to compare; {figures}"
+    limit = old_rel + tolerance
+    compared = f"{figures}; champion relative MASE {old_rel:.4f} (limit {limit:.4f})"
+    if rel > limit:
+        return False, f"kept: relative MASE is worse than the champion's; {compared}"
+    return True, f"promoted: {compared}"
 
 
 def _segment_decision(

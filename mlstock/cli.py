@@ -51,3 +51,46 @@ def import_(path: Path, activate: bool) -> None:
         f"dataset {meta['version']}: {meta['rows']} rows, {len(meta['tickers'])} tickers, "
         f"{meta['start']} to {meta['end']}" + (" (active)" if activate else "")
     )
+
+
+@main.command()
+@click.option("--data", "data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prices CSV (plain or gzip); default: the seeded synthetic market.")  # fmt: skip
+@click.option("--horizon", default=5, show_default=True, type=click.IntRange(1, 60))
+@click.option("--origins", default=None, type=click.IntRange(1), help="Walk-forward refits.")
+@click.option("--step", default=None, type=click.IntRange(1), help="Business days between refits.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full report here.")  # fmt: skip
+def backtest(
+    data: Path | None, horizon: int, origins: int | None, step: int | None, json_out: Path | None
+) -> None:
+    """Walk-forward backtest of the forecaster vs naive and drift: print a table, write JSON."""
+    import json
+
+    from ml.backtest import DEFAULT_ORIGINS, DEFAULT_STEP, backtest_forecaster, format_table
+    from ml.data import read_prices_csv, synthetic_market
+    from ml.errors import DataValidationError, MLError
+    from ml.forecast import Forecaster
+
+    try:
+        prices = read_prices_csv(data) if data is not None else synthetic_market()
+        report = backtest_forecaster(
+            prices,
+            Forecaster(horizon=horizon),
+            n_origins=origins or DEFAULT_ORIGINS,
+            step=step or DEFAULT_STEP,
+        )
+    except DataValidationError as exc:
+        click.echo(f"error: {data} is not a valid prices file:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    except MLError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    report["data"] = str(data) if data is not None else "synthetic seed=0"
+    click.echo(format_table(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1, allow_nan=False))
+        click.echo(f"wrote {json_out}")

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     promotion_tolerance: float = Field(
         0.02, ge=0, description="A new model is promoted unless worse than the champion by this."
     )
+    coverage_band: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="A forecaster is promoted only if its backtest 80%/95% coverage is "
+        "within this of nominal.",
+    )
     worker_threads: int = Field(1, ge=1, description="BLAS/OpenMP threads per worker process.")
     training_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the training worker.")
     host: str = Field("127.0.0.1", description="Address the API binds to.")

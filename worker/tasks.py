@@ -334,8 +334,9 @@ def train_and_register(
 ) -> dict[str, Any]:
     """Train model `name`, save it as a new version, promote it if it passes the gate."""
     params = {"horizon": settings().max_horizon} if name == "forecast" else None
-    model, metrics = train_model(name, prices, params=params, progress=progress)
     previous = reg.current_version(name)
+    prior = reg.load(name)[0] if previous and name == "segment" else None
+    model, metrics = train_model(name, prices, params=params, progress=progress, previous=prior)
     champion = reg.card(name, previous)["metrics"] if previous else None
     progress(0.95, "saving")
     card = reg.save(
@@ -347,7 +348,11 @@ def train_and_register(
         trained_through=str(prices["date"].max().date()),
     )
     promoted, reason = promotion_decision(
-        name, metrics, champion, tolerance=settings().promotion_tolerance
+        name,
+        metrics,
+        champion,
+        tolerance=settings().promotion_tolerance,
+        coverage_band=settings().coverage_band,
     )
     reg.record_decision(name, card["version"], promoted=promoted, reason=reason)
     return {

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ml.data import read_prices_csv, synthetic_market
 from ml.forecast import Forecaster
 from ml.segment import Segmenter
 
 REAL_DATA = Path(__file__).parents[3] / "shared" / "data" / "real_stocks_daily.csv.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Fit with one OpenMP/BLAS thread, as workers do: on a shared 2-core machine the
+    gradient-boosting fits ran about 5x slower with a thread per core."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture(scope="session")

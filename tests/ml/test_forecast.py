@@ -9,13 +9,13 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from ml.errors import InsufficientHistoryError, UnknownTickerError
-from ml.forecast import MIN_HISTORY, OUTPUT_COLUMNS, Forecaster
+from ml.forecast import MIN_HISTORY, OUTPUT_COLUMNS, VOL_BANDS, Forecaster
 
 
 def test_fitted_attributes(forecaster: Forecaster, market: pd.DataFrame) -> None:
     assert forecaster.tickers_ == sorted(market["ticker"].unique())
     assert forecaster.trained_through_ == market["date"].max()
-    assert forecaster.quantiles_.shape == (10, 2)
+    assert forecaster.quantiles_.shape == (10, VOL_BANDS, 2)
     assert len(forecaster.estimators_) == 10
     assert forecaster.min_history_ == MIN_HISTORY == 41
     assert len(forecaster.feature_names_) == 14
