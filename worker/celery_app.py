@@ -6,4 +6,4 @@ from worker.contract import create_celery
 celery_app = create_celery(Settings())
 celery_app.set_default()
 # Importing the task module registers the tasks and the worker's signal handlers.
-celery_app.conf.imports = ("worker.tasks",)
+celery_app.conf.imports = ("worker.tasks", "worker.admin", "worker.imports")
