@@ -23,6 +23,8 @@ from worker.config import Settings
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stocks_daily.csv.gz"
 FIRST_TRAINING_TIMEOUT = 300
+#: The suite's workers sign and verify model artifacts with this key.
+SIGNING_KEY = "test-signing-key"
 
 
 @dataclass
@@ -51,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     artifacts.mkdir()
     redis_proc, url = start_redis(root)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    env = service_env(url, artifacts, RETRAIN_SCHEDULE="")
+    env = service_env(url, artifacts, RETRAIN_SCHEDULE="", MODEL_SIGNING_KEY=SIGNING_KEY)
     try:
         for name in ("worker-inference", "worker-training"):
             procs[name] = start(COMMANDS[name], env, root / f"{name}.log")
