@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ from worker.tasks import datasets, publish_catalog, redis_client, registry, run_
 
 log = logging.getLogger(__name__)
 PUBLISH_SECONDS = 15.0
+#: ModelCache's default check interval (worker/cache.py).
+CACHE_CHECK_SECONDS = 1.0
 
 # --- what the API lists ------------------------------------------------------------------------
 
@@ -94,6 +97,10 @@ def _promote(
     card = reg.promote(req.name, req.version, reason=reason, by=req.by)
     publish_registry()
     publish_catalog()
+    # Every worker's cache looks at the pointer at most a check interval after its last
+    # look: once this job ends, every next job is served by the promoted version.
+    progress(0.9, "waiting for workers to switch")
+    time.sleep(CACHE_CHECK_SECONDS + 0.05)
     card.pop("signature", None)
     result = {
         "name": req.name,
