@@ -110,7 +110,7 @@ def init_guards(app: Flask, settings: Settings) -> None:
         storage_options={"socket_connect_timeout": 2},
         strategy="fixed-window",
         key_prefix="mlstock:rate",
-        headers_enabled=True,
+        headers_enabled=False,  # it would overwrite the Retry-After of other 503s
         swallow_errors=True,  # Redis down: serve (and answer 503 where Redis is needed)
         default_limits_exempt_when=_exempt,
         enabled=bool(limits),
