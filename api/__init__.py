@@ -22,9 +22,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["jobs"] = JobStore(client, settings)
     app.extensions["celery"] = create_celery(settings)
 
+    from api.datasets import bp as datasets_bp
     from api.errors import register_error_handlers
+    from api.limits import init_guards
+    from api.models import bp as models_bp
     from api.routes import bp
 
     register_error_handlers(app)
+    init_guards(app, settings)
     app.register_blueprint(bp)
+    app.register_blueprint(models_bp)
+    app.register_blueprint(datasets_bp)
     return app

@@ -1,8 +1,13 @@
 """gunicorn settings, read from the same environment as every other process."""
 
+import sys
+
+from api.auth import check_bind
 from worker.config import Settings
 
 _settings = Settings()
+# Refuses (SystemExit) to serve beyond localhost with no API keys, unless allowed.
+print(f"mlstock api: {check_bind(_settings)}", file=sys.stderr, flush=True)
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency

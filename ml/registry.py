@@ -46,6 +46,7 @@ _MODEL_FILE = "model.joblib"
 _CARD_FILE = "card.json"
 _PRICES_FILE = "prices.csv.gz"
 _META_FILE = "meta.json"
+_HISTORY_FILE = "HISTORY.jsonl"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -153,6 +154,28 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def incompatible_libraries(built: dict[str, Any]) -> list[str]:
+    """Name each library whose version differs from the one a model was built with.
+
+    scikit-learn must match exactly (its pickles are only supported by the version that
+    wrote them); numpy and Python by major.minor. Cards without versions are not judged.
+    """
+    here = library_versions()
+    out = []
+    for lib, same in (
+        ("sklearn", lambda a, b: a == b),
+        ("numpy", lambda a, b: _major_minor(a) == _major_minor(b)),
+        ("python", lambda a, b: _major_minor(a) == _major_minor(b)),
+    ):
+        if lib in built and not same(str(built[lib]), here[lib]):
+            out.append(f"{lib} {built[lib]} there, {here[lib]} here")
+    return out
+
+
 class ModelRegistry:
     """Versioned models with cards, a CURRENT pointer and checksum-verified loading.
 
@@ -213,12 +236,22 @@ class ModelRegistry:
         _fsync_dir(parent)
         return card
 
-    def promote(self, name: str, version: str, *, reason: str) -> dict[str, Any]:
-        """Make ``version`` the current one (also a rollback); record why on its card."""
+    def promote(
+        self, name: str, version: str, *, reason: str, by: str | None = None
+    ) -> dict[str, Any]:
+        """Make ``version`` the current one (also a rollback); record why and who on its
+        card and in the model's promotion history."""
         card = self.card(name, version)
-        card.update(promoted=True, promoted_at=_utc_now().isoformat(), reason=reason)
+        previous = self.current_version(name)
+        at = _utc_now().isoformat()
+        card.update(promoted=True, promoted_at=at, reason=reason)
+        if by is not None:
+            card["promoted_by"] = by
         _write_json(self._version_dir(name, version) / _CARD_FILE, card)
         atomic_write(self._models / name / "CURRENT", f"{version}\n".encode())
+        entry = {"version": version, "previous": previous, "at": at, "by": by, "reason": reason}
+        with open(self._models / name / _HISTORY_FILE, "a") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
         return card
 
     def record_decision(
@@ -237,27 +270,74 @@ class ModelRegistry:
         return _read_pointer(self._models / _checked_name(name) / "CURRENT")
 
     def load(self, name: str, version: str | None = None) -> tuple[object, dict[str, Any]]:
-        """Load a version (default: current) after verifying its checksum; return model, card."""
+        """Load a version (default: current) after verifying it; return model, card."""
         if version is None:
             version = self.current_version(name)
             if version is None:
                 raise RegistryError(f"model {name!r} has no current version")
-        card = self.card(name, version)
-        path = self._version_dir(name, version) / _MODEL_FILE
-        if not path.is_file():
-            raise ArtifactError(f"model file of {name} {version} is missing")
-        if self._signing_key is not None and not hmac.compare_digest(
-            str(card.get("signature", "")), self._signature(name, version, str(card.get("sha256")))
-        ):
-            raise ArtifactError(f"card of {name} {version} has a missing or invalid signature")
-        # Verify before unpickling: joblib.load runs code from the file.
-        if _sha256_file(path) != card.get("sha256"):
-            raise ArtifactError(f"model file of {name} {version} does not match its sha256")
+        card = self.verify(name, version)
         try:
-            model = joblib.load(path)
+            model = joblib.load(self.model_path(name, version))
         except Exception as exc:  # unpickling can fail in many ways; all mean "unloadable"
             raise ArtifactError(f"cannot load model {name} {version}: {exc}") from exc
         return model, card
+
+    def verify(self, name: str, version: str) -> dict[str, Any]:
+        """Check a version may be loaded here, without unpickling it; return its card.
+
+        Refuses a missing file, a card without a valid signature (when this registry has
+        a key), a file whose sha256 differs from its card's, and a model built by other
+        library versions than this process runs.
+        """
+        card = self.card(name, version)
+        path = self.model_path(name, version)
+        if not path.is_file():
+            raise ArtifactError(f"model file of {name} {version} is missing")
+        if self._signing_key is not None:
+            signature = card.get("signature")
+            if not signature:
+                raise ArtifactError(
+                    f"card of {name} {version} has a missing signature: it was saved "
+                    "without MODEL_SIGNING_KEY, so this signed registry will not load it"
+                )
+            expected = self._signature(name, version, str(card.get("sha256")))
+            if not hmac.compare_digest(str(signature), expected):
+                raise ArtifactError(
+                    f"card of {name} {version} has an invalid signature: it was not signed "
+                    "with this MODEL_SIGNING_KEY, or the card was altered"
+                )
+        incompatible = incompatible_libraries(card.get("libraries") or {})
+        if incompatible:
+            raise ArtifactError(
+                f"model {name} {version} was built with other library versions than this "
+                f"worker runs ({'; '.join(incompatible)}); retrain it here instead"
+            )
+        # Verify before unpickling: joblib.load runs code from the file.
+        if _sha256_file(path) != card.get("sha256"):
+            raise ArtifactError(
+                f"model file of {name} {version} does not match its sha256: "
+                "it is truncated or was altered"
+            )
+        return card
+
+    def model_path(self, name: str, version: str) -> Path:
+        """Return the path of a version's model file."""
+        return self._version_dir(name, version) / _MODEL_FILE
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Return the promotions of ``name`` (also rollbacks), newest first."""
+        path = self._models / _checked_name(name) / _HISTORY_FILE
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line of a killed writer
+        return out[::-1]
 
     def card(self, name: str, version: str) -> dict[str, Any]:
         """Return the card of one version."""

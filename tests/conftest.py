@@ -18,13 +18,11 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from mlstock.launcher import COMMANDS
-from tests.procs import service_env, start, start_redis, stop
+from tests.procs import WEBHOOK, service_env, start, start_redis, stop
 from worker.config import Settings
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stocks_daily.csv.gz"
 FIRST_TRAINING_TIMEOUT = 300
-#: Callbacks in tests go to a receiver on loopback, signed with this key.
-WEBHOOK = {"WEBHOOK_SECRET": "test-webhook-secret", "WEBHOOK_ALLOW_PRIVATE": "true"}
 
 
 @dataclass
@@ -59,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     artifacts.mkdir()
     redis_proc, url = start_redis(root)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    env = service_env(url, artifacts, RETRAIN_SCHEDULE="", **WEBHOOK)
+    env = service_env(url, artifacts, RETRAIN_SCHEDULE="")
     try:
         for name in ("worker-inference", "worker-training"):
             procs[name] = start(COMMANDS[name], env, root / f"{name}.log")

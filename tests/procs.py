@@ -16,6 +16,10 @@ from mlstock.launcher import THREAD_CAPS, free_port, redis_server_binary
 from worker.config import Settings
 
 BIN = Path(sys.executable).parent
+#: Every process of the suite signs and verifies model artifacts with this key.
+SIGNING_KEY = "test-signing-key"
+#: Callbacks in tests go to a receiver on loopback, signed with this key.
+WEBHOOK = {"WEBHOOK_SECRET": "test-webhook-secret", "WEBHOOK_ALLOW_PRIVATE": "true"}
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -76,6 +80,7 @@ def service_env(redis_url: str, artifacts: Path, **extra: str) -> dict[str, str]
     for name in Settings.model_fields:  # settings come from the test, not the developer's shell
         env.pop(name.upper(), None)
     env.update(THREAD_CAPS)
+    env.update({"MODEL_SIGNING_KEY": SIGNING_KEY, **WEBHOOK})
     env.update({"REDIS_URL": redis_url, "ARTIFACTS_DIR": str(artifacts), **extra})
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     return env

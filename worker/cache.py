@@ -3,6 +3,7 @@ when the registry's current version changes."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -10,7 +11,12 @@ from typing import Any
 
 import pandas as pd
 
+from ml.errors import MLError
 from ml.registry import DatasetStore, ModelRegistry
+
+log = logging.getLogger(__name__)
+#: What identifies the bytes a model was loaded from: version, file size and mtime.
+Stamp = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,14 @@ class Served:
 
 
 class ModelCache:
-    """Load models lazily, once per process; check the current pointer at most every
-    `check_interval` seconds so the hot path does no file read per job."""
+    """Load models lazily, once per process; check the current pointer (and the current
+    file's size and mtime) at most every `check_interval` seconds so the hot path does no
+    file read per job.
+
+    A reload that fails verification (tampered, truncated, unsigned, built by other
+    library versions) keeps the last good model serving, and is not tried again until the
+    pointer or the file changes; with no good model yet, the error reaches the job.
+    """
 
     def __init__(
         self, registry: ModelRegistry, datasets: DatasetStore, check_interval: float = 1.0
@@ -41,6 +53,8 @@ class ModelCache:
         self._served: dict[str, Served] = {}
         self._checked: dict[str, float] = {}
         self._prices: dict[str, pd.DataFrame] = {}
+        self._stamps: dict[str, Stamp] = {}
+        self._refused: dict[str, tuple[Stamp, MLError]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Served:
@@ -52,13 +66,53 @@ class ModelCache:
                 return served
             self._checked[name] = now
             current = self.registry.current_version(name)
-            if served is not None and (current is None or current == served.version):
+            if served is not None and current is None:
                 return served
-            model, card = self.registry.load(name, current)
-            served = Served(model, card, self._dataset(str(card["data_version"])))
+            stamp = self._stamp(name, current)
+            if served is not None and stamp == self._stamps.get(name):
+                return served
+            refused = self._refused.get(name)
+            if refused is not None and refused[0] == stamp:
+                if served is not None:
+                    return served
+                raise refused[1].with_traceback(None)
+            try:
+                model, card = self.registry.load(name, current)
+                prices = self._dataset(str(card["data_version"]))
+            except MLError as exc:
+                if stamp is not None:
+                    self._refused[name] = (stamp, exc)
+                if served is None:
+                    raise
+                log.error(
+                    "refused to load %s %s, still serving %s: %s",
+                    name,
+                    current,
+                    served.version,
+                    exc,
+                )
+                return served
+            served = Served(model, card, prices)
             self._served[name] = served
+            if stamp is not None:
+                self._stamps[name] = stamp
+            self._refused.pop(name, None)
             self.loads += 1
             return served
+
+    def refused(self, name: str) -> str | None:
+        """Return why the current version of `name` was last refused, if it was."""
+        entry = self._refused.get(name)
+        return None if entry is None else str(entry[1])
+
+    def _stamp(self, name: str, version: str | None) -> Stamp | None:
+        if version is None:
+            return None
+        try:
+            st = self.registry.model_path(name, version).stat()
+        except (OSError, MLError):
+            return (version, -1, -1)
+        return (version, st.st_size, st.st_mtime_ns)
 
     def _dataset(self, version: str) -> pd.DataFrame:
         # Models trained on the same data share one frame in memory.

@@ -10,4 +10,4 @@ _settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
 celery_app = create_celery(_settings)
 celery_app.set_default()
 # Importing the task module registers the tasks and the worker's signal handlers.
-celery_app.conf.imports = ("worker.tasks",)
+celery_app.conf.imports = ("worker.tasks", "worker.admin", "worker.imports")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,44 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
     web_concurrency: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    # --- security and limits (issue #5) ---
+    model_signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key signing model artifacts; unset: sha256 only."
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="API keys as `KEY:ROLE` pairs, comma-separated (read, submit, admin)."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of `KEY:ROLE` lines, added to API_KEYS."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Allow binding beyond localhost with no API keys."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(
+        64 * 1_048_576, ge=1024, description="Largest dataset upload (as sent, maybe gzip)."
+    )
+    max_dataset_bytes: int = Field(
+        512 * 1_048_576, ge=1024, description="Largest dataset once decompressed."
+    )
+    upload_ttl: int = Field(3600, ge=60, description="Seconds an upload waits for its import.")
+    rate_limit: str = Field(
+        "50/second;3000/minute",
+        description="Per-key (or per-address) rate limits, `;`-separated; empty: off.",
+    )
+    max_queue_depth: int = Field(
+        1000, ge=0, description="Inference queue length above which submits answer 503."
+    )
+    sync_wait: float = Field(
+        10.0, ge=0, description="Seconds promote/activate/import wait before answering 202."
+    )
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """Return MODEL_SIGNING_KEY as bytes, or None when artifacts are only checksummed."""
+        if self.model_signing_key is None or not self.model_signing_key.get_secret_value():
+            return None
+        return self.model_signing_key.get_secret_value().encode()
 
     @property
     def visibility_timeout(self) -> int:

@@ -672,3 +672,68 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("mlstockprediction", set_as_current=False)
     app.config_from_object(celery_config(settings))
     return app
+
+
+# --- registry, datasets and their quick admin jobs (issue #5) -------------------------------
+
+TASK_PROMOTE = "worker.promote"
+TASK_ACTIVATE = "worker.activate_dataset"
+TASK_IMPORT = "worker.import_dataset"
+#: Admin job type -> (task name, queue). Promote and activate are quick file operations,
+#: so they ride the inference queue; an import parses a whole file, so it goes to training.
+ADMIN_JOB_TYPES: dict[str, tuple[str, str]] = {
+    "promote": (TASK_PROMOTE, QUEUE_INFERENCE),
+    "activate": (TASK_ACTIVATE, QUEUE_INFERENCE),
+    "import": (TASK_IMPORT, QUEUE_TRAINING),
+}
+#: JSON of every model's versions and cards, published by the workers.
+REGISTRY_KEY = f"{KEY_PREFIX}:registry"
+#: JSON of the stored datasets and the active one, published by the workers.
+DATASETS_KEY = f"{KEY_PREFIX}:datasets"
+MODEL_VERSION_PATTERN = r"^\d{8}T\d{12}Z$"
+DATASET_VERSION_PATTERN = r"^[0-9a-f]{16}$"
+
+
+def upload_key(job_id: str) -> str:
+    """Return the Redis key holding the bytes an import job reads."""
+    return f"{KEY_PREFIX}:upload:{job_id}"
+
+
+class PromoteBody(_Request):
+    """Body of `POST /models/<name>/promote`: the version to serve (newer or older)."""
+
+    version: Annotated[str, StringConstraints(pattern=MODEL_VERSION_PATTERN)]
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class PromoteRequest(_Request):
+    """Make `version` of model `name` the current one; `by` says who asked."""
+
+    name: ModelName
+    version: Annotated[str, StringConstraints(pattern=MODEL_VERSION_PATTERN)]
+    by: str
+    reason: str | None = None
+
+
+class ActivateRequest(_Request):
+    """Make dataset `version` the one training uses."""
+
+    version: Annotated[str, StringConstraints(pattern=DATASET_VERSION_PATTERN)]
+    by: str
+
+
+class ImportRequest(_Request):
+    """Validate the upload stored under `upload_key` and store it as a dataset version."""
+
+    upload_key: str
+    filename: str | None = None
+    size: int
+    activate: bool = True
+    by: str
+
+
+ADMIN_SCHEMAS: dict[str, type[_Request]] = {
+    "promote": PromoteRequest,
+    "activate": ActivateRequest,
+    "import": ImportRequest,
+}

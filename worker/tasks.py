@@ -96,7 +96,7 @@ def jobs() -> JobStore:
 @cache
 def registry() -> ModelRegistry:
     """Return this process's model registry."""
-    return ModelRegistry(settings().artifacts_dir)
+    return ModelRegistry(settings().artifacts_dir, signing_key=settings().signing_key)
 
 
 @cache

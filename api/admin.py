@@ -1,0 +1,106 @@
+"""Quick admin jobs (promote, activate, import): recorded and queued like any job, then
+awaited for a few seconds so the usual answer is the outcome itself."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from celery import Celery
+from flask import Response, current_app, jsonify, request, url_for
+
+from api.errors import ApiError, unavailable, validation_problem
+from worker.config import Settings
+from worker.contract import ADMIN_JOB_TYPES, JobStore, new_job_id
+
+
+def settings() -> Settings:
+    """Return the app's settings."""
+    conf: Settings = current_app.config["SETTINGS"]
+    return conf
+
+
+def redis_client() -> redis.Redis:
+    """Return the app's Redis client."""
+    client: redis.Redis = current_app.extensions["redis"]
+    return client
+
+
+def json_body() -> dict[str, Any]:
+    """Return the request's JSON object; an empty body is `{}`."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    if not request.is_json:
+        raise ApiError(415, "Unsupported media type", "send the body as application/json")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise validation_problem(
+            [{"loc": (), "msg": "the body must be a JSON object", "type": "dict_type"}]
+        )
+    return body
+
+
+def published(key: str, what: str) -> dict[str, Any]:
+    """Return a listing the workers publish in Redis; 503 until one has."""
+    raw = redis_client().get(key)
+    if not raw:
+        raise unavailable(f"no worker has published the {what} yet; try again shortly")
+    data: dict[str, Any] = json.loads(raw)
+    return data
+
+
+def enqueue(
+    job_type: str, params: dict[str, Any], *, job_id: str | None = None, **options: Any
+) -> str:
+    """Record and queue an admin job; return its id."""
+    task_name, queue = ADMIN_JOB_TYPES[job_type]
+    job_id = job_id or new_job_id()
+    store: JobStore = current_app.extensions["jobs"]
+    store.create(job_id, job_type, params)
+    celery: Celery = current_app.extensions["celery"]
+    try:
+        celery.send_task(
+            task_name, kwargs={"request": params}, task_id=job_id, queue=queue, **options
+        )
+    except Exception as exc:
+        store.transition(
+            job_id, "failed", error={"type": "EnqueueError", "message": str(exc)}, stage="failed"
+        )
+        raise unavailable("the job could not be queued; try again shortly") from exc
+    return job_id
+
+
+def outcome(job_id: str, wait: float, *, failed_status: int = 409) -> Response:
+    """Answer with the job's outcome once it ends, or 202 with where to poll after `wait` s.
+
+    A job that failed is a problem naming the job and its error (the job record keeps it).
+    """
+    store: JobStore = current_app.extensions["jobs"]
+    record = store.wait(job_id, wait) or {}
+    status_url = url_for("api.result", job_id=job_id)
+    if record.get("status") == "succeeded":
+        resp = jsonify({"job_id": job_id, "status": "succeeded", **(record.get("result") or {})})
+        resp.headers["Content-Location"] = status_url
+        return resp
+    if record.get("status") in ("failed", "cancelled"):
+        error = record.get("error") or {}
+        extra: dict[str, Any] = {"job_id": job_id, "status_url": status_url, "error": error}
+        if record.get("problems"):
+            extra["problems"] = record["problems"]
+        raise ApiError(
+            failed_status,
+            "Job failed",
+            f"{error.get('type', 'Error')}: {error.get('message', 'the job did not succeed')}",
+            type_="/problems/job-failed",
+            **extra,
+        )
+    resp = jsonify({"job_id": job_id, "status": record.get("status", "queued"),
+                    "status_url": status_url})  # fmt: skip
+    resp.status_code = 202
+    resp.headers["Location"] = status_url
+    return resp
