@@ -51,3 +51,9 @@ def import_(path: Path, activate: bool) -> None:
         f"dataset {meta['version']}: {meta['rows']} rows, {len(meta['tickers'])} tickers, "
         f"{meta['start']} to {meta['end']}" + (" (active)" if activate else "")
     )
+
+
+# Commands that talk to a running service (predict, segment, retrain, jobs, result, ...).
+from mlstock.commands import register  # noqa: E402
+
+register(main)
