@@ -27,4 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     app.register_blueprint(bp)
+    from api.metrics import init_metrics
+
+    init_metrics(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
     web_concurrency: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Logs as JSON lines (`json`) or for people (`text`)."
+    )
 
     @property
     def visibility_timeout(self) -> int:
