@@ -27,7 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     app.register_blueprint(bp)
+    from api.dashboard import bp as dashboard_bp
     from api.metrics import init_metrics
 
+    app.register_blueprint(dashboard_bp)
     init_metrics(app)
     return app

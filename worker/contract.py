@@ -124,6 +124,9 @@ class PredictRequest(_Request):
     horizon: StrictPositiveInt = 5
     as_of: date | None = Field(None, description="Forecast from the history through this date.")
     last_date: date | None = Field(None, description="Date of the last of `prices`.")
+    history: Annotated[int, Field(strict=True, ge=1, le=1000)] | None = Field(
+        None, description="Also return each ticker's last N closes (for charts)."
+    )
 
     @field_validator("horizon")
     @classmethod
@@ -152,6 +155,8 @@ class PredictRequest(_Request):
             raise ValueError("'last_date' goes with 'prices'")
         if self.as_of is not None and self.prices is not None:
             raise ValueError("'as_of' goes with 'ticker' or 'tickers'")
+        if self.history is not None and self.prices is not None:
+            raise ValueError("'history' goes with 'ticker' or 'tickers'")
         return self
 
     def subject_tickers(self) -> list[str] | None:
