@@ -100,7 +100,7 @@ const mlstock = (() => {
       body.horizon = parseInt(document.getElementById("horizon").value, 10);
       const asOf = document.getElementById("as-of").value;
       if (asOf) body.as_of = asOf;
-      body.history = 120;
+      body.history = 60;
     } else if (type === "segment") {
       if (tickers.length) body.tickers = tickers;
     } else {

@@ -141,3 +141,17 @@ def test_problem_statuses_map_to_errors() -> None:
                                          request=request))  # fmt: skip
     assert down.value.retry_after == 5.0
     raise_for_problem(httpx.Response(200, json={}, request=request))
+
+
+def test_predict_history_is_opt_in(api: Client, stack: Stack) -> None:
+    ticker = served_tickers(stack)[0]
+    plain = api.predict(ticker, horizon=1)
+    plain.wait(timeout=60)
+    assert "history" not in plain.record["result"]["forecasts"][0]
+    job = api.predict(ticker, horizon=1, as_of="2025-06-02", history=30)
+    job.wait(timeout=60)
+    [forecast] = job.record["result"]["forecasts"]
+    history = forecast["history"]
+    assert len(history) == 30
+    assert history[-1] == {"date": forecast["last_date"], "close": forecast["last_close"]}
+    assert all(a["date"] < b["date"] for a, b in zip(history, history[1:], strict=False))
