@@ -22,9 +22,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["jobs"] = JobStore(client, settings)
     app.extensions["celery"] = create_celery(settings)
 
+    from api.dashboard import bp as dashboard_bp
     from api.datasets import bp as datasets_bp
     from api.errors import register_error_handlers
     from api.limits import init_guards
+    from api.metrics import init_metrics
     from api.models import bp as models_bp
     from api.routes import bp
 
@@ -33,4 +35,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(datasets_bp)
+    app.register_blueprint(dashboard_bp)
+    init_metrics(app)
     return app

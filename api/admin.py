@@ -7,12 +7,13 @@ import json
 from typing import Any
 
 import redis
-from celery import Celery
 from flask import Response, current_app, jsonify, request, url_for
+from kombu.exceptions import KombuError
 
 from api.errors import ApiError, unavailable, validation_problem
 from worker.config import Settings
-from worker.contract import ADMIN_JOB_TYPES, JobStore, new_job_id
+from worker.contract import JobStore
+from worker.contract import enqueue as queue_job
 
 
 def settings() -> Settings:
@@ -58,21 +59,14 @@ def enqueue(
     job_type: str, params: dict[str, Any], *, job_id: str | None = None, **options: Any
 ) -> str:
     """Record and queue an admin job; return its id."""
-    task_name, queue = ADMIN_JOB_TYPES[job_type]
-    job_id = job_id or new_job_id()
-    store: JobStore = current_app.extensions["jobs"]
-    store.create(job_id, job_type, params)
-    celery: Celery = current_app.extensions["celery"]
     try:
-        celery.send_task(
-            task_name, kwargs={"request": params}, task_id=job_id, queue=queue, **options
-        )
-    except Exception as exc:
-        store.transition(
-            job_id, "failed", error={"type": "EnqueueError", "message": str(exc)}, stage="failed"
-        )
+        record = queue_job(
+            current_app.extensions["jobs"], current_app.extensions["celery"], job_type, params,
+            job_id=job_id, options=options,
+        )  # fmt: skip
+    except (redis.RedisError, KombuError) as exc:
         raise unavailable("the job could not be queued; try again shortly") from exc
-    return job_id
+    return str(record["job_id"])
 
 
 def outcome(job_id: str, wait: float, *, failed_status: int = 409) -> Response:

@@ -23,7 +23,17 @@ log = logging.getLogger(__name__)
 Role = Literal["read", "submit", "admin"]
 ROLES: dict[str, int] = {"read": 0, "submit": 1, "admin": 2}
 #: Endpoints anyone may call: probes, the API description.
-PUBLIC_ENDPOINTS = {"api.health", "api.ready", "static", "docs.openapi", "docs.docs"}
+#: The dashboard pages are shells: their data comes from the API with the key the user
+#: enters. Metrics are scraped without a key, as Prometheus does.
+PUBLIC_ENDPOINTS = {
+    "api.health",
+    "api.ready",
+    "static",
+    "dashboard.index",
+    "dashboard.forecast",
+    "dashboard.segments",
+    "metrics.metrics",
+}
 #: POST endpoints a `submit` key may call; any other write needs `admin`.
 SUBMIT_ENDPOINTS = {"api.predict_price", "api.segment_alias"}
 SUBMIT_JOB_TYPES = {"predict", "segment"}

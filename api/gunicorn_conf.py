@@ -1,9 +1,14 @@
 """gunicorn settings, read from the same environment as every other process."""
 
+import glob
+import os
 import sys
+import tempfile
+from typing import Any
 
 from api.auth import check_bind
 from worker.config import Settings
+from worker.observe import gunicorn_logconfig
 
 _settings = Settings()
 # Refuses (SystemExit) to serve beyond localhost with no API keys, unless allowed.
@@ -18,3 +23,22 @@ timeout = int(_settings.wait_max) + 30
 graceful_timeout = 10
 loglevel = "info"
 errorlog = "-"
+logconfig_dict = gunicorn_logconfig(_settings.log_format)
+
+# prometheus-client's multiprocess mode: every worker writes its metrics to files in this
+# directory and `/metrics` merges them. It must be fresh at each start (stale files of an
+# earlier run would add old counts), and set before a worker imports prometheus_client.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+    prefix="mlstock-prom-"
+)
+os.makedirs(_metrics_dir, exist_ok=True)
+for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+    os.remove(_stale)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop the live-gauge files of a gunicorn worker that exited."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

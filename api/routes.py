@@ -349,21 +349,3 @@ def ready() -> Response:
     resp = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
     resp.status_code = 200 if ok else 503
     return resp
-
-
-@bp.get("/")
-def index() -> Response:
-    """Describe the API's endpoints."""
-    return jsonify(
-        {
-            "service": "mlstockprediction",
-            "endpoints": {
-                "POST /jobs/predict": '{"ticker": "TEC01", "horizon": 5}',
-                "POST /jobs/segment": '{"tickers": [...]} or {} for all',
-                "POST /jobs/retrain": '{"models": ["forecast", "segment"]}',
-                "GET /result/<job_id>[?wait=S]": "the job record",
-                "GET /health": "process alive",
-                "GET /ready": "Redis, workers and models",
-            },
-        }
-    )

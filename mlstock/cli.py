@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def up(host: str, port: int, flower: bool) -> None:
     """Run Redis (unless REDIS_URL is set), the API, both workers and beat until Ctrl-C."""
     from mlstock.launcher import up as run_stack
 
+    if flower and importlib.util.find_spec("flower") is None:
+        click.echo("error: Flower is not installed: pip install -e '.[flower]'", err=True)
+        sys.exit(1)
     sys.exit(run_stack(host, port, flower=flower))
 
 
@@ -94,3 +98,9 @@ def backtest(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1, allow_nan=False))
         click.echo(f"wrote {json_out}")
+
+
+# Commands that talk to a running service (predict, segment, retrain, jobs, result, ...).
+from mlstock.commands import register  # noqa: E402
+
+register(main)

@@ -1,5 +1,6 @@
 """Entry module of the worker processes: `celery -A worker.celery_app worker|beat` loads it."""
 
+from worker import telemetry  # noqa: F401 (connects the logging and metrics signals)
 from worker.config import Settings
 from worker.contract import create_celery
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +101,10 @@ class Settings(BaseSettings):
         if self.model_signing_key is None or not self.model_signing_key.get_secret_value():
             return None
         return self.model_signing_key.get_secret_value().encode()
+
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Logs as JSON lines (`json`) or for people (`text`)."
+    )
 
     @property
     def visibility_timeout(self) -> int:

@@ -124,6 +124,9 @@ class PredictRequest(_Request):
     horizon: StrictPositiveInt = 5
     as_of: date | None = Field(None, description="Forecast from the history through this date.")
     last_date: date | None = Field(None, description="Date of the last of `prices`.")
+    history: Annotated[int, Field(strict=True, ge=1, le=1000)] | None = Field(
+        None, description="Also return each ticker's last N closes (for charts)."
+    )
 
     @field_validator("horizon")
     @classmethod
@@ -152,6 +155,8 @@ class PredictRequest(_Request):
             raise ValueError("'last_date' goes with 'prices'")
         if self.as_of is not None and self.prices is not None:
             raise ValueError("'as_of' goes with 'ticker' or 'tickers'")
+        if self.history is not None and self.prices is not None:
+            raise ValueError("'history' goes with 'ticker' or 'tickers'")
         return self
 
     def subject_tickers(self) -> list[str] | None:
@@ -558,13 +563,14 @@ def enqueue(
     *,
     job_id: str | None = None,
     extra_kwargs: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record a job and send it to its queue; return the record.
 
     When sending fails the record says so (`failed`, EnqueueError) and the error propagates.
     """
     job_id = job_id or new_job_id()
-    task_name, queue = JOB_TYPES[job_type]
+    task_name, queue = {**JOB_TYPES, **ADMIN_JOB_TYPES}[job_type]
     if job_type == "retrain":  # identical retrains in flight collapse into one job
         holder = store.single_flight(
             body_digest(job_type, params), job_id, store.settings.visibility_timeout
@@ -578,6 +584,7 @@ def enqueue(
             kwargs={"request": params, **(extra_kwargs or {})},
             task_id=job_id,
             queue=queue,
+            **(options or {}),
         )
     except Exception as exc:
         store.transition(

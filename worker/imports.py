@@ -46,7 +46,7 @@ def _import(
         prices = read_upload(data, max_bytes=settings().max_dataset_bytes)
     except DataValidationError as exc:
         # Every problem goes on the record, not only the few the message spells out.
-        jobs().transition(job_id, "running", problems=exc.problems)
+        jobs().set_fields(job_id, problems=exc.problems)
         raise
     progress(0.6, "storing")
     store = datasets()

@@ -60,3 +60,17 @@ def segment_result(
         for p in profiles
     ]
     return {"model_version": version, "assignments": assignments, "segments": segments}
+
+
+def add_history(
+    result: dict[str, Any], prices: pd.DataFrame, n: int, as_of: pd.Timestamp | None
+) -> None:
+    """Add each forecast's last `n` closes through `as_of` as `history: [{date, close}]`."""
+    if as_of is not None:
+        prices = prices[prices["date"] <= as_of]
+    for forecast in result["forecasts"]:
+        rows = prices[prices["ticker"] == forecast["ticker"]].sort_values("date").tail(n)
+        forecast["history"] = [
+            {"date": _day(d), "close": round(float(c), PRICE_DECIMALS)}
+            for d, c in zip(rows["date"], rows["close"], strict=True)
+        ]

@@ -57,7 +57,7 @@ from worker.contract import (
     validation_context,
 )
 from worker.lifecycle import JobCancelled, lock_key, model_locks, post_callback
-from worker.results import forecast_result, segment_result
+from worker.results import add_history, forecast_result, segment_result
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -217,7 +217,10 @@ def _predict(
         frame = served.model.predict(
             served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
         )
-    return forecast_result(frame, served.version, req.horizon), served.version
+    result = forecast_result(frame, served.version, req.horizon)
+    if req.history is not None:
+        add_history(result, served.prices, req.history, as_of)
+    return result, served.version
 
 
 @shared_task(name=TASK_SEGMENT, bind=True)
