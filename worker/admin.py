@@ -18,7 +18,6 @@ from worker.contract import (
     DATASETS_KEY,
     REGISTRY_KEY,
     TASK_ACTIVATE,
-    TASK_IMPORT,
     TASK_PROMOTE,
     TASK_RETRAIN,
     ActivateRequest,
@@ -175,7 +174,7 @@ def _on_shutdown(**_: Any) -> None:
 
 @signals.task_postrun.connect
 def _after_task(sender: Any = None, **_: Any) -> None:
-    if getattr(sender, "name", None) in (TASK_RETRAIN, TASK_IMPORT):
+    if getattr(sender, "name", None) == TASK_RETRAIN:
         try:
             publish_registry()
         except (redis.RedisError, OSError, MLError) as exc:
