@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.config import Settings
 from worker.contract import JobStore, create_celery
@@ -15,8 +17,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SETTINGS"] = settings
+    # No retries: with Redis down a request answers 503 at once rather than hang.
     client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=settings.wait_max + 5
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=settings.wait_max + 5,
+        retry=Retry(NoBackoff(), 0),
     )
     app.extensions["redis"] = client
     app.extensions["jobs"] = JobStore(client, settings)

@@ -34,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.contract import CATALOG_KEY, WORKERS_KEY
+from worker.contract import CATALOG_KEY, WORKERS_KEY, live_workers
 from worker.observe import DURATION_BUCKETS, WAIT_BUCKETS, queue_depths, read_job_metrics
 
 bp = Blueprint("metrics", __name__)
@@ -45,7 +45,6 @@ SUBMIT_ENDPOINTS: dict[str, str | None] = {
     "api.predict_price": "predict",
     "api.segment_alias": "segment",
 }
-WORKER_STALE_SECONDS = 20.0
 
 
 class ApiMetrics:
@@ -165,13 +164,10 @@ def _workers_family(workers: dict[Any, Any]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(
         "mlstock_workers", "Workers that announced themselves lately, by queue.", labels=["queue"]
     )
-    now = time.time()
     live: dict[str, int] = {}
-    for raw in workers.values():
-        entry = json.loads(raw)
-        if now - float(entry.get("at", 0)) <= WORKER_STALE_SECONDS:
-            for queue in entry.get("queues", []):
-                live[queue] = live.get(queue, 0) + 1
+    for queues in live_workers(workers).values():
+        for queue in queues:
+            live[queue] = live.get(queue, 0) + 1
     for queue, n in sorted(live.items()):
         family.add_metric([queue], n)
     return family

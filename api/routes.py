@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from worker.contract import (
     SegmentRequest,
     body_digest,
     enqueue,
+    live_workers,
     new_job_id,
     notify,
     now_iso,
@@ -39,8 +39,6 @@ from worker.contract import (
 )
 
 bp = Blueprint("api", __name__)
-#: A worker that has not announced itself for this long counts as gone.
-WORKER_STALE_SECONDS = 20.0
 
 
 def _settings() -> Settings:
@@ -311,17 +309,9 @@ def readiness() -> tuple[bool, list[dict[str, Any]]]:
         checks.append({"name": "redis", "ok": False, "detail": str(exc)})
         return False, checks
     checks.append({"name": "redis", "ok": True, "detail": "reachable"})
-    now = time.time()
-    live: dict[str, list[str]] = {QUEUE_INFERENCE: [], QUEUE_TRAINING: []}
-    for host, raw in _redis().hgetall(WORKERS_KEY).items():
-        entry = json.loads(raw)
-        if now - float(entry.get("at", 0)) <= WORKER_STALE_SECONDS:
-            for queue in entry.get("queues", []):
-                live.setdefault(queue, []).append(
-                    host.decode() if isinstance(host, bytes) else str(host)
-                )
+    workers = live_workers(_redis().hgetall(WORKERS_KEY))
     for queue in (QUEUE_INFERENCE, QUEUE_TRAINING):
-        hosts = sorted(live[queue])
+        hosts = sorted(host for host, queues in workers.items() if queue in queues)
         checks.append(
             {
                 "name": f"workers:{queue}",

@@ -265,6 +265,8 @@ CATALOG_KEY = f"{KEY_PREFIX}:catalog"
 BOOTSTRAP_KEY = f"{KEY_PREFIX}:bootstrap"
 
 JOBS_INDEX = f"{KEY_PREFIX}:jobs"
+#: Ids of the jobs not yet final, by submit time: what the reconciler looks after.
+ACTIVE_INDEX = f"{KEY_PREFIX}:active"
 BEAT_LAST_KEY = f"{KEY_PREFIX}:beat:last"
 #: A job whose worker died this many times fails instead of being delivered again.
 MAX_DELIVERIES = 3
@@ -280,7 +282,7 @@ if cur then
   if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return 0 end
 end
 if ARGV[1] == 'queued' and cur then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
 local attempts = 1
 if ARGV[3] == '1' then
@@ -289,6 +291,7 @@ end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('PUBLISH', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[4])
 end
 return math.max(attempts, 1)
 """
@@ -394,7 +397,9 @@ class JobStore:
         self.transition(job_id, job_type, "queued", **record)
         pipe = self.redis.pipeline()
         pipe.zadd(JOBS_INDEX, {job_id: now})
-        pipe.zremrangebyscore(JOBS_INDEX, "-inf", now - self._max_ttl())
+        pipe.zadd(ACTIVE_INDEX, {job_id: now})
+        for index in (JOBS_INDEX, ACTIVE_INDEX):
+            pipe.zremrangebyscore(index, "-inf", now - self._max_ttl())
         pipe.execute()
         return record
 
@@ -415,10 +420,10 @@ class JobStore:
         if status in TERMINAL:
             fields.setdefault("finished_at", now_iso())
         fields["expires_at"] = now_iso(datetime.now(UTC) + timedelta(seconds=ttl))
-        argv: list[str] = [status, str(ttl), "1" if count_attempt else "0"]
+        argv: list[str] = [status, str(ttl), "1" if count_attempt else "0", job_id]
         for name, value in fields.items():
             argv += [name, json.dumps(value)]
-        keys = [self.key(job_id), self.channel(job_id)]
+        keys = [self.key(job_id), self.channel(job_id), ACTIVE_INDEX]
         return int(self._transition(keys=keys, args=argv))
 
     def progress(self, job_id: str, progress: float, stage: str) -> str | None:
@@ -462,6 +467,20 @@ class JobStore:
         finally:
             pubsub.close()
         return record
+
+    def unfinished(self, older_than: float) -> list[dict[str, Any]]:
+        """Return the records of jobs submitted more than `older_than` seconds ago and not
+        final; forget ids whose record has expired or ended."""
+        members = self.redis.zrangebyscore(ACTIVE_INDEX, "-inf", time.time() - older_than)
+        ids = [_text(cast(bytes, m)) for m in members]
+        records = []
+        for job_id in ids:
+            record = self.get(job_id)
+            if record is None or record["status"] in TERMINAL:
+                self.redis.zrem(ACTIVE_INDEX, job_id)
+            else:
+                records.append(record)
+        return records
 
     def list(
         self,
@@ -549,6 +568,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: A worker that has not announced itself for this long counts as gone.
+WORKER_STALE_SECONDS = 20.0
+
+
+def live_workers(raw_entries: dict[Any, Any], now: float | None = None) -> dict[str, list[str]]:
+    """Return worker name -> queues of the workers whose heartbeat (an entry of the
+    WORKERS_KEY hash) is fresh."""
+    now = time.time() if now is None else now
+    live: dict[str, list[str]] = {}
+    for host, raw in raw_entries.items():
+        entry = json.loads(raw)
+        if now - float(entry.get("at", 0)) <= WORKER_STALE_SECONDS:
+            live[_text(host)] = list(entry.get("queues", []))
+    return live
+
+
 def notify(celery: Celery, record: dict[str, Any]) -> None:
     """Queue the delivery of a final record to its `callback_url`, if it has one."""
     if (record.get("params") or {}).get("callback_url"):
@@ -584,6 +619,9 @@ def enqueue(
             kwargs={"request": params, **(extra_kwargs or {})},
             task_id=job_id,
             queue=queue,
+            # Give up after about a second: the caller answers 503 (the API) or the
+            # reconciler sends it again, rather than a request hanging on a dead broker.
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4},
             **(options or {}),
         )
     except Exception as exc:

@@ -12,11 +12,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from worker.contract import KEY_PREFIX, check_public_host
+from worker.contract import (
+    ADMIN_JOB_TYPES,
+    JOB_TYPES,
+    KEY_PREFIX,
+    WORKERS_KEY,
+    JobStore,
+    check_public_host,
+    live_workers,
+)
 
 Progress = Callable[[float, str], None]
 LOCK_POLL_SECONDS = 1.0
@@ -84,3 +92,53 @@ def post_callback(url: str, record: dict[str, Any], secret: str, *, allow_privat
     )
     with urllib.request.urlopen(req, timeout=CALLBACK_TIMEOUT_SECONDS) as resp:
         return int(resp.status)
+
+
+RECONCILE_KEY = f"{KEY_PREFIX}:reconcile"
+#: How often one worker (whichever takes the key first) looks for lost jobs.
+RECONCILE_SECONDS = 15
+#: A job still queued after this long with no message in its queue has lost its message.
+QUEUED_GRACE_SECONDS = 60.0
+
+
+def waiting_ids(client: redis.Redis, queue: str) -> set[str]:
+    """Return the ids of the task messages waiting in a queue's Redis list."""
+    ids: set[str] = set()
+    for raw in cast(list[bytes], client.lrange(queue, 0, -1)):
+        try:
+            ids.add(str(json.loads(raw)["headers"]["id"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def reconcile(client: redis.Redis, store: JobStore, app: Any) -> list[str]:
+    """Send again every job whose message is gone; return their ids.
+
+    A message can vanish with the connection that carried it (a Redis restart, a worker
+    killed outright) while Redis's visibility timeout, set above the longest training,
+    would keep it hidden for an hour. So: a job queued for over a minute with no message
+    waiting in its queue, or running on a worker that stopped announcing itself, is sent
+    again under the same id. A second delivery of a job that did run finds its record
+    final and is skipped, so this never duplicates a result.
+    """
+    if not client.set(RECONCILE_KEY, "1", nx=True, ex=RECONCILE_SECONDS):
+        return []  # another worker reconciled lately
+    live = live_workers(client.hgetall(WORKERS_KEY))
+    routes = {**JOB_TYPES, **ADMIN_JOB_TYPES}
+    waiting: dict[str, set[str]] = {}
+    resent: list[str] = []
+    for record in store.unfinished(QUEUED_GRACE_SECONDS):
+        task_name, queue = routes[record["type"]]
+        if record["status"] == "queued":
+            if queue not in waiting:
+                waiting[queue] = waiting_ids(client, queue)
+            if record["job_id"] in waiting[queue]:
+                continue
+        elif record["worker"] in live:
+            continue
+        app.send_task(
+            task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
+        )
+        resent.append(str(record["job_id"]))
+    return resent

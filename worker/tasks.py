@@ -56,7 +56,7 @@ from worker.contract import (
     now_iso,
     validation_context,
 )
-from worker.lifecycle import JobCancelled, lock_key, model_locks, post_callback
+from worker.lifecycle import JobCancelled, lock_key, model_locks, post_callback, reconcile
 from worker.results import add_history, forecast_result, segment_result
 
 log = logging.getLogger(__name__)
@@ -448,10 +448,12 @@ def publish_catalog() -> None:
 
 
 class Heartbeat(threading.Thread):
-    """Announce this worker (and, on inference workers, the served models) every few seconds."""
+    """Announce this worker (and, on inference workers, the served models) every few
+    seconds, and take part in sending lost jobs again."""
 
-    def __init__(self, hostname: str, queues: list[str]) -> None:
+    def __init__(self, app: Any, hostname: str, queues: list[str]) -> None:
         super().__init__(name="mlstock-heartbeat", daemon=True)
+        self.app = app
         self.hostname = hostname
         self.queues = queues
         self.stopped = threading.Event()
@@ -468,6 +470,8 @@ class Heartbeat(threading.Thread):
             "at": time.time(),
         }
         redis_client().hset(WORKERS_KEY, self.hostname, json.dumps(entry))
+        for job_id in reconcile(redis_client(), jobs(), self.app):
+            log.warning("job %s had lost its message: sent again", job_id)
 
     def run(self) -> None:
         """Beat until stopped; a passing Redis outage only skips beats."""
@@ -539,7 +543,7 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
     if QUEUE_TRAINING in queues:
         _cleanup_staging()
         bootstrap_models(sender.app)
-    _heartbeat = Heartbeat(sender.hostname, queues)
+    _heartbeat = Heartbeat(sender.app, sender.hostname, queues)
     _heartbeat.start()
 
 

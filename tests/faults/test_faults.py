@@ -62,6 +62,10 @@ def outcome(fs: FaultStack, stream: Stream, worker: str, timeout: float = 180) -
         "lost": len(lost),
         "duplicated": sum(1 for n in finished.values() if n > 1),
         "redelivered": sum(1 for r in records.values() if (r.get("attempts") or 0) > 1),
+        "resent_after_lost_message": sum(
+            fs.log(name).count("had lost its message")
+            for name in ("worker-inference", "worker-training")
+        ),
         "failed_reasons": sorted({r["error"]["type"] for r in records.values() if r.get("error")}),
         "slowest_request_s": round(stream.slowest, 3),
     }
