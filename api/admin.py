@@ -1,4 +1,5 @@
-"""Quick admin jobs (promote, activate, import): recorded and queued like any job, then
+"""What the blueprints share: the app's settings, Redis and job store, the JSON body, and
+quick admin jobs (promote, activate, import), recorded and queued like any job, then
 awaited for a few seconds so the usual answer is the outcome itself."""
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def settings() -> Settings:
     """Return the app's settings."""
     conf: Settings = current_app.config["SETTINGS"]
     return conf
+
+
+def jobs() -> JobStore:
+    """Return the app's job store."""
+    store: JobStore = current_app.extensions["jobs"]
+    return store
 
 
 def redis_client() -> redis.Redis:

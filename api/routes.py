@@ -12,8 +12,11 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from kombu.exceptions import KombuError
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.admin import jobs as _jobs
+from api.admin import json_body as _json_body
+from api.admin import redis_client as _redis
+from api.admin import settings as _settings
 from api.errors import ApiError, unavailable, validation_problem
-from worker.config import Settings
 from worker.contract import (
     BEAT_LAST_KEY,
     CATALOG_KEY,
@@ -23,7 +26,6 @@ from worker.contract import (
     REQUEST_SCHEMAS,
     WORKERS_KEY,
     JobConflict,
-    JobStore,
     LegacyPredictPrice,
     LegacySegment,
     PredictRequest,
@@ -39,39 +41,6 @@ from worker.contract import (
 )
 
 bp = Blueprint("api", __name__)
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.config["SETTINGS"]
-    return settings
-
-
-def _jobs() -> JobStore:
-    store: JobStore = current_app.extensions["jobs"]
-    return store
-
-
-def _redis() -> redis.Redis:
-    client: redis.Redis = current_app.extensions["redis"]
-    return client
-
-
-def _json_body() -> dict[str, Any]:
-    """Return the request's JSON object; an empty body is `{}`."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        return {}
-    if not request.is_json:
-        raise ApiError(415, "Unsupported media type", "send the body as application/json")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise validation_problem(
-            [{"loc": (), "msg": "the body must be a JSON object", "type": "dict_type"}]
-        )
-    return body
 
 
 def _catalog() -> dict[str, Any]:

@@ -71,6 +71,20 @@ def outcome(fs: FaultStack, stream: Stream, worker: str, timeout: float = 180) -
     }
 
 
+def kill_children_during(
+    fs: FaultStack, stream: Stream, service: str, *, times: int, every: float
+) -> int:
+    """SIGKILL a random child process of `service` every `every` s while `stream` runs."""
+    kills = 0
+    while stream.is_alive() and kills < times:
+        time.sleep(every)
+        children = fs.children(service)
+        if children and kill(random.choice(children)):
+            kills += 1
+    stream.join()
+    return kills
+
+
 def start_all(fs: FaultStack, **env: str) -> None:
     for name in ("worker-inference", "worker-training", "api"):
         fs.start(name, **env)
@@ -84,13 +98,7 @@ def test_inference_children_killed_20_times(
     start_all(fs)
     stream = Stream(fs, seconds=14)
     stream.start()
-    kills = 0
-    while stream.is_alive() and kills < 20:
-        time.sleep(0.5)
-        children = fs.children("worker-inference")
-        if children and kill(random.choice(children)):
-            kills += 1
-    stream.join()
+    kills = kill_children_during(fs, stream, "worker-inference", times=20, every=0.5)
     fig = outcome(fs, stream, "worker-inference") | {"children_killed": kills}
     figures["kill_inference_child"] = fig
     assert kills == 20
@@ -179,13 +187,7 @@ def test_api_workers_killed_under_load(fault_stack: FaultStack, figures: dict[st
     start_all(fs, WEB_CONCURRENCY="2")
     stream = Stream(fs, seconds=10)
     stream.start()
-    kills = 0
-    while stream.is_alive() and kills < 5:
-        time.sleep(1.5)
-        children = fs.children("api")
-        if children and kill(random.choice(children)):
-            kills += 1
-    stream.join()
+    kills = kill_children_during(fs, stream, "api", times=5, every=1.5)
     fig = outcome(fs, stream, "worker-inference") | {"api_workers_killed": kills}
     figures["kill_api_worker"] = fig
     assert kills == 5
