@@ -165,8 +165,8 @@ def _workers_family(workers: dict[Any, Any]) -> GaugeMetricFamily:
         "mlstock_workers", "Workers that announced themselves lately, by queue.", labels=["queue"]
     )
     live: dict[str, int] = {}
-    for queues in live_workers(workers).values():
-        for queue in queues:
+    for entry in live_workers(workers).values():
+        for queue in entry["queues"]:
             live[queue] = live.get(queue, 0) + 1
     for queue, n in sorted(live.items()):
         family.add_metric([queue], n)

@@ -16,15 +16,13 @@ from api.admin import jobs as _jobs
 from api.admin import json_body as _json_body
 from api.admin import redis_client as _redis
 from api.admin import settings as _settings
+from api.doctor import diagnose
 from api.errors import ApiError, unavailable, validation_problem
 from worker.contract import (
     BEAT_LAST_KEY,
     CATALOG_KEY,
     JOB_TYPES,
-    QUEUE_INFERENCE,
-    QUEUE_TRAINING,
     REQUEST_SCHEMAS,
-    WORKERS_KEY,
     JobConflict,
     LegacyPredictPrice,
     LegacySegment,
@@ -32,7 +30,6 @@ from worker.contract import (
     SegmentRequest,
     body_digest,
     enqueue,
-    live_workers,
     new_job_id,
     notify,
     now_iso,
@@ -269,42 +266,10 @@ def health() -> Response:
     return jsonify({"status": "ok"})
 
 
-def readiness() -> tuple[bool, list[dict[str, Any]]]:
-    """Check Redis, a live worker on each queue, and served models."""
-    checks: list[dict[str, Any]] = []
-    try:
-        _redis().ping()
-    except redis.RedisError as exc:
-        checks.append({"name": "redis", "ok": False, "detail": str(exc)})
-        return False, checks
-    checks.append({"name": "redis", "ok": True, "detail": "reachable"})
-    workers = live_workers(_redis().hgetall(WORKERS_KEY))
-    for queue in (QUEUE_INFERENCE, QUEUE_TRAINING):
-        hosts = sorted(host for host, queues in workers.items() if queue in queues)
-        checks.append(
-            {
-                "name": f"workers:{queue}",
-                "ok": bool(hosts),
-                "detail": ", ".join(hosts) if hosts else f"no worker consumes the {queue} queue",
-            }
-        )
-    catalog = _catalog()
-    for name in ("forecast", "segment"):
-        entry = catalog.get(name)
-        checks.append(
-            {
-                "name": f"model:{name}",
-                "ok": entry is not None,
-                "detail": f"version {entry['version']}" if entry else "no current version yet",
-            }
-        )
-    return all(c["ok"] for c in checks), checks
-
-
 @bp.get("/ready")
 def ready() -> Response:
     """Answer 200 when jobs can be served, else 503 with what is missing."""
-    ok, checks = readiness()
+    ok, checks = diagnose(_redis(), _settings())
     resp = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
     resp.status_code = 200 if ok else 503
     return resp

@@ -321,6 +321,17 @@ class Client:
                 f"{resp.status_code}: the answer is not JSON", status=resp.status_code
             ) from exc
 
+    def ready(self) -> dict[str, Any]:
+        """Return the service's readiness checks (`/ready`), ready or not."""
+        try:
+            resp = self._http.get("/ready")
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}") from exc
+        if resp.status_code not in (200, 503):
+            raise_for_problem(resp)
+        body: dict[str, Any] = resp.json()
+        return body
+
     def submit(
         self, job_type: str, body: dict[str, Any], *, idempotency_key: str | None = None
     ) -> Job:
@@ -432,8 +443,3 @@ class Client:
             "POST", f"/models/{name}/promote", json=body, timeout=self.timeout + 30
         )
         return outcome
-
-    def ready(self) -> dict[str, Any]:
-        """Return the readiness checks; raise Unavailable when the service is not ready."""
-        checks: dict[str, Any] = self.request("GET", "/ready")
-        return checks

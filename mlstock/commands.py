@@ -314,5 +314,22 @@ def register(main: click.Group) -> None:
             return _dump(outcome)
         click.echo(f"{name}: {outcome.get('status', 'done')} (current version {version})")
 
+    @main.command()
+    @service_options
+    def doctor(client: Client, as_json: bool) -> None:
+        """Check what the running service needs; say how to fix what fails (exit 1 if not ready)."""
+        report = client.ready()
+        if as_json:
+            _dump(report)
+        else:
+            for check in report["checks"]:
+                mark = "ok  " if check["ok"] else ("FAIL" if check.get("blocking") else "warn")
+                click.echo(f"{mark} {check['name']}: {check['detail']}")
+                if not check["ok"] and check.get("fix"):
+                    click.echo(f"     fix: {check['fix']}")
+            click.echo(report["status"])
+        if report["status"] != "ready":
+            sys.exit(1)
+
 
 __all__ = ["register", "table", "WaitTimeout"]

@@ -1,6 +1,6 @@
 """Entry module of the worker processes: `celery -A worker.celery_app worker|beat` loads it."""
 
-from worker import telemetry  # noqa: F401 (connects the logging and metrics signals)
+from worker import beat, telemetry  # noqa: F401 (connect beat's heartbeat, logs and metrics)
 from worker.config import Settings
 from worker.contract import create_celery
 

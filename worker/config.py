@@ -105,8 +105,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="Logs as JSON lines (`json`) or for people (`text`)."
     )
+    broker_visibility_timeout: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged task; "
+        "default TRAINING_TIME_LIMIT + 600. Below the training limit a retrain runs twice.",
+    )
 
     @property
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacknowledged task: above the longest training."""
+        if self.broker_visibility_timeout is not None:
+            return self.broker_visibility_timeout
         return self.training_time_limit + 600

@@ -268,6 +268,7 @@ JOBS_INDEX = f"{KEY_PREFIX}:jobs"
 #: Ids of the jobs not yet final, by submit time: what the reconciler looks after.
 ACTIVE_INDEX = f"{KEY_PREFIX}:active"
 BEAT_LAST_KEY = f"{KEY_PREFIX}:beat:last"
+BEAT_ALIVE_KEY = f"{KEY_PREFIX}:beat:alive"
 #: A job whose worker died this many times fails instead of being delivered again.
 MAX_DELIVERIES = 3
 
@@ -572,15 +573,17 @@ def _text(value: bytes | str) -> str:
 WORKER_STALE_SECONDS = 20.0
 
 
-def live_workers(raw_entries: dict[Any, Any], now: float | None = None) -> dict[str, list[str]]:
-    """Return worker name -> queues of the workers whose heartbeat (an entry of the
-    WORKERS_KEY hash) is fresh."""
+def live_workers(
+    raw_entries: dict[Any, Any], now: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Return worker name -> heartbeat entry (queues, config, ...) of the workers whose
+    heartbeat (an entry of the WORKERS_KEY hash) is fresh."""
     now = time.time() if now is None else now
-    live: dict[str, list[str]] = {}
+    live: dict[str, dict[str, Any]] = {}
     for host, raw in raw_entries.items():
         entry = json.loads(raw)
         if now - float(entry.get("at", 0)) <= WORKER_STALE_SECONDS:
-            live[_text(host)] = list(entry.get("queues", []))
+            live[_text(host)] = entry
     return live
 
 

@@ -463,11 +463,21 @@ class Heartbeat(threading.Thread):
         # The catalog goes first: a worker seen alive already has its models announced.
         if QUEUE_INFERENCE in self.queues:
             publish_catalog()
+        conf = settings()
         entry = {
             "queues": self.queues,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "at": time.time(),
+            # What /ready checks the deployment against (the workers' view, not the API's).
+            "config": {
+                "visibility_timeout": conf.visibility_timeout,
+                "training_time_limit": conf.training_time_limit,
+                "worker_threads": conf.worker_threads,
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                "signing_key": conf.signing_key is not None,
+                "result_ttl": conf.result_ttl,
+            },
         }
         redis_client().hset(WORKERS_KEY, self.hostname, json.dumps(entry))
         for job_id in reconcile(redis_client(), jobs(), self.app):
