@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify
 from api.admin import enqueue, json_body, outcome, published, settings
 from api.auth import principal
 from api.errors import ApiError
-from worker.contract import MODEL_NAMES, REGISTRY_KEY, PromoteBody
+from worker.contract import MODEL_NAMES, REGISTRY_KEY, PromoteBody, validation_context
 
 bp = Blueprint("models", __name__)
 
@@ -79,7 +79,7 @@ def get_version(name: str, version: str) -> Response:
 @bp.post("/models/<name>/promote")
 def promote(name: str) -> Response:
     """Make a stored version current: a promotion, or a rollback to an older one."""
-    body = PromoteBody.model_validate(json_body())
+    body = PromoteBody.model_validate(json_body(), context=validation_context(settings()))
     if name not in MODEL_NAMES:
         known = ", ".join(MODEL_NAMES)
         raise ApiError(404, "Model not found", f"no model {name!r}; one of: {known}")
@@ -89,5 +89,7 @@ def promote(name: str) -> Response:
     params = {"name": name, "version": body.version, "by": principal()}
     if body.reason:
         params["reason"] = body.reason
+    if body.callback_url is not None:
+        params["callback_url"] = str(body.callback_url)
     job_id = enqueue("promote", params)
     return outcome(job_id, settings().sync_wait)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from celery import Celery
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from kombu.exceptions import KombuError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.admin import jobs as _jobs
 from api.admin import json_body as _json_body
@@ -19,6 +19,7 @@ from api.admin import settings as _settings
 from api.doctor import diagnose
 from api.errors import ApiError, unavailable, validation_problem
 from worker.contract import (
+    ALL_JOB_TYPES,
     BEAT_LAST_KEY,
     CATALOG_KEY,
     JOB_TYPES,
@@ -28,6 +29,7 @@ from worker.contract import (
     LegacySegment,
     PredictRequest,
     SegmentRequest,
+    Status,
     body_digest,
     enqueue,
     new_job_id,
@@ -74,6 +76,17 @@ def _check_against_models(job_type: str, parsed: Any) -> None:
                     "type": "less_than_equal",
                 }
             )
+    if isinstance(parsed, SegmentRequest) and parsed.tickers and "segment" in catalog:
+        known = set(catalog["segment"].get("tickers") or [])
+        unknown = [t for t in parsed.tickers if known and t not in known]
+        if unknown:
+            errors.append(
+                {
+                    "loc": ("tickers",),
+                    "msg": f"unknown ticker(s): {', '.join(unknown)}",
+                    "type": "unknown_ticker",
+                }
+            )
     if isinstance(parsed, SegmentRequest) and parsed.data is not None and "segment" in catalog:
         features = catalog["segment"].get("features") or []
         if features and len(parsed.data[0]) != len(features):
@@ -108,7 +121,9 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
                 [{"loc": ("Idempotency-Key",), "msg": "1 to 255 characters", "type": "header"}]
             )
         try:
-            replayed = store.claim_idempotency(key, body_digest(job_type, params), job_id)
+            replayed = store.claim_idempotency(
+                key, body_digest(job_type, params), job_id, ttl=store.ttl(job_type)
+            )
         except JobConflict as exc:
             raise ApiError(
                 409,
@@ -126,7 +141,10 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
             store.release_idempotency(key)
         raise unavailable("the job could not be queued; try again shortly") from exc
     if key is not None and record["job_id"] != job_id:  # joined a retrain already in flight
-        store.claim_idempotency(key, body_digest(job_type, params), record["job_id"], rebind=True)
+        store.claim_idempotency(
+            key, body_digest(job_type, params), record["job_id"], ttl=store.ttl(job_type),
+            rebind=True,
+        )  # fmt: skip
     return _accepted(record, replayed=record["job_id"] != job_id)
 
 
@@ -156,14 +174,16 @@ def create_job(job_type: str) -> Response:
 @bp.post("/predict_price")
 def predict_price() -> Response:
     """Submit a predict job in the earlier scaffold's form `{"features": [prices]}`."""
-    legacy = LegacyPredictPrice.model_validate(_json_body())
+    legacy = LegacyPredictPrice.model_validate(
+        _json_body(), context=validation_context(_settings())
+    )
     return submit("predict", legacy.to_job())
 
 
 @bp.post("/segment")
 def segment_alias() -> Response:
     """Submit a segment job in the earlier scaffold's form `{"data": [[...]]}`."""
-    legacy = LegacySegment.model_validate(_json_body())
+    legacy = LegacySegment.model_validate(_json_body(), context=validation_context(_settings()))
     return submit("segment", legacy.to_job())
 
 
@@ -192,13 +212,18 @@ class JobsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["predict", "segment", "retrain"] | None = None
-    status: Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"] | None = (
-        None
-    )
+    type: str | None = Field(None, description="One of the job types.")
+    status: Status | None = None
     since: datetime | None = Field(None, description="Only jobs submitted at or after this.")
     cursor: str | None = Field(None, pattern=r"^[0-9.]+:[0-9a-f-]{36}$")
     limit: int = Field(50, ge=1, le=200)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        if v is not None and v not in ALL_JOB_TYPES:
+            raise ValueError(f"one of: {', '.join(ALL_JOB_TYPES)}")
+        return v
 
 
 @bp.get("/jobs")

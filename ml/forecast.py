@@ -314,15 +314,17 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             prices = prices[prices["ticker"].isin(wanted)]
         if as_of is not None:
             prices = prices[prices["date"] <= pd.Timestamp(as_of)]
-        panel = _build_panel(prices)
-        last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
-        short = [f"{panel.ticker[i]} ({panel.position[i] + 1})" for i in last if not panel.ready[i]]
+        if prices.empty:
+            when = "" if as_of is None else f" through {pd.Timestamp(as_of).date()}"
+            raise InsufficientHistoryError(f"no prices to forecast from{when}")
+        counts = prices.groupby("ticker").size()
+        short = [f"{t} ({n})" for t, n in counts.items() if n < MIN_HISTORY]
         if short:
             raise InsufficientHistoryError(
                 f"fewer than {MIN_HISTORY} prices (ticker and count): {', '.join(short)}"
             )
-        if len(last) == 0:
-            raise InsufficientHistoryError("no prices to forecast from")
+        panel = _build_panel(prices)
+        last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
         return self._forecast_rows(panel, last, steps)
 
     def predict_series(

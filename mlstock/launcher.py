@@ -248,6 +248,7 @@ def _wait_ready(
 ) -> bool:
     """Wait for `/ready`, showing the progress of the first training if one runs."""
     client = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    job_id = ""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline and not stopping:
@@ -258,7 +259,7 @@ def _wait_ready(
         with contextlib.suppress(OSError, ValueError):
             if http_json("GET", base + "/ready")[0] == 200:
                 return True
-        job_id = str(client.get(BOOTSTRAP_KEY) or "")
+        job_id = job_id or str(client.get(BOOTSTRAP_KEY) or "")
         record = JobStore(client, Settings()).get(job_id) if job_id else None
         if record is not None:
             line = f"{record['status']} {record['progress']:.0%} {record['stage']}"

@@ -87,6 +87,9 @@ class _Request(BaseModel):
         None, description="Receives the final record, signed in `X-Signature`."
     )
 
+    def _callback(self) -> dict[str, str]:
+        return {} if self.callback_url is None else {"callback_url": str(self.callback_url)}
+
     @field_validator("callback_url")
     @classmethod
     def _callback_allowed(cls, v: AnyHttpUrl | None, info: ValidationInfo) -> AnyHttpUrl | None:
@@ -215,7 +218,7 @@ class LegacyPredictPrice(_Request):
 
     def to_job(self) -> dict[str, Any]:
         """Return the equivalent predict job payload."""
-        return {"prices": list(self.features), "horizon": self.horizon}
+        return {"prices": list(self.features), "horizon": self.horizon, **self._callback()}
 
 
 class LegacySegment(_Request):
@@ -225,7 +228,7 @@ class LegacySegment(_Request):
 
     def to_job(self) -> dict[str, Any]:
         """Return the equivalent segment job payload."""
-        return {"data": [list(r) for r in self.data]}
+        return {"data": [list(r) for r in self.data], **self._callback()}
 
 
 REQUEST_SCHEMAS: dict[str, type[_Request]] = {
@@ -535,7 +538,7 @@ class JobStore:
         return f"{KEY_PREFIX}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def claim_idempotency(
-        self, key: str, digest: str, job_id: str, *, rebind: bool = False
+        self, key: str, digest: str, job_id: str, *, ttl: int, rebind: bool = False
     ) -> str | None:
         """Bind an Idempotency-Key to a job; return the job already bound to it, if any.
 
@@ -544,11 +547,12 @@ class JobStore:
         """
         name = self._idempotency_key(key)
         value = json.dumps({"job_id": job_id, "digest": digest})
-        if self.redis.set(name, value, nx=not rebind, ex=self._max_ttl()):
+        # The key lives as long as its job's record: a replay never names an expired job.
+        if self.redis.set(name, value, nx=not rebind, ex=ttl):
             return None
         held = json.loads(self.redis.get(name) or "null")
         if held is None:  # expired in between: take it
-            self.redis.set(name, value, ex=self._max_ttl())
+            self.redis.set(name, value, ex=ttl)
             return None
         if held["digest"] != digest:
             raise JobConflict(held["job_id"])
@@ -608,7 +612,7 @@ def enqueue(
     When sending fails the record says so (`failed`, EnqueueError) and the error propagates.
     """
     job_id = job_id or new_job_id()
-    task_name, queue = {**JOB_TYPES, **ADMIN_JOB_TYPES}[job_type]
+    task_name, queue = ALL_JOB_TYPES[job_type]
     if job_type == "retrain":  # identical retrains in flight collapse into one job
         holder = store.single_flight(
             body_digest(job_type, params), job_id, store.settings.visibility_timeout
@@ -734,6 +738,9 @@ ADMIN_JOB_TYPES: dict[str, tuple[str, str]] = {
     "activate": (TASK_ACTIVATE, QUEUE_INFERENCE),
     "import": (TASK_IMPORT, QUEUE_TRAINING),
 }
+#: Every job type -> (task name, queue), and the job type of each task.
+ALL_JOB_TYPES: dict[str, tuple[str, str]] = {**JOB_TYPES, **ADMIN_JOB_TYPES}
+TYPE_OF_TASK: dict[str, str] = {task: job_type for job_type, (task, _) in ALL_JOB_TYPES.items()}
 #: JSON of every model's versions and cards, published by the workers.
 REGISTRY_KEY = f"{KEY_PREFIX}:registry"
 #: JSON of the stored datasets and the active one, published by the workers.

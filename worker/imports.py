@@ -28,10 +28,8 @@ def import_dataset(self: Task, request: dict[str, Any]) -> None:
     ) -> tuple[dict[str, Any], None]:
         return _import(job_id, req, progress), None
 
-    try:
-        run_job(self, "import", request, ImportRequest, body)
-    finally:
-        redis_client().delete(str(request.get("upload_key", "")))
+    run_job(self, "import", request, ImportRequest, body)  # a Retry propagates: upload kept
+    redis_client().delete(str(request.get("upload_key", "")))
 
 
 def _import(

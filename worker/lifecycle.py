@@ -17,8 +17,7 @@ from typing import Any, cast
 import redis
 
 from worker.contract import (
-    ADMIN_JOB_TYPES,
-    JOB_TYPES,
+    ALL_JOB_TYPES,
     KEY_PREFIX,
     WORKERS_KEY,
     JobStore,
@@ -125,11 +124,10 @@ def reconcile(client: redis.Redis, store: JobStore, app: Any) -> list[str]:
     if not client.set(RECONCILE_KEY, "1", nx=True, ex=RECONCILE_SECONDS):
         return []  # another worker reconciled lately
     live = live_workers(client.hgetall(WORKERS_KEY))
-    routes = {**JOB_TYPES, **ADMIN_JOB_TYPES}
     waiting: dict[str, set[str]] = {}
     resent: list[str] = []
     for record in store.unfinished(QUEUED_GRACE_SECONDS):
-        task_name, queue = routes[record["type"]]
+        queue = ALL_JOB_TYPES[record["type"]][1]
         if record["status"] == "queued":
             if queue not in waiting:
                 waiting[queue] = waiting_ids(client, queue)
@@ -137,8 +135,14 @@ def reconcile(client: redis.Redis, store: JobStore, app: Any) -> list[str]:
                 continue
         elif record["worker"] in live:
             continue
-        app.send_task(
-            task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
-        )
+        resend(app, record)
         resent.append(str(record["job_id"]))
     return resent
+
+
+def resend(app: Any, record: dict[str, Any]) -> None:
+    """Send a job's task again under its id, from its record."""
+    task_name, queue = ALL_JOB_TYPES[record["type"]]
+    app.send_task(
+        task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
+    )

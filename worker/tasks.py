@@ -34,7 +34,6 @@ from worker.contract import (
     BEAT_LAST_KEY,
     BOOTSTRAP_KEY,
     CATALOG_KEY,
-    JOB_TYPES,
     MAX_DELIVERIES,
     MODEL_NAMES,
     QUEUE_INFERENCE,
@@ -44,6 +43,8 @@ from worker.contract import (
     TASK_RETRAIN,
     TASK_SCHEDULED_RETRAIN,
     TASK_SEGMENT,
+    TERMINAL,
+    TYPE_OF_TASK,
     WORKERS_KEY,
     JobStore,
     PredictRequest,
@@ -56,11 +57,20 @@ from worker.contract import (
     now_iso,
     validation_context,
 )
-from worker.lifecycle import JobCancelled, lock_key, model_locks, post_callback, reconcile
+from worker.lifecycle import (
+    JobCancelled,
+    lock_key,
+    model_locks,
+    post_callback,
+    reconcile,
+    resend,
+)
 from worker.results import add_history, forecast_result, segment_result
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
+#: Retries, with backoff, of a job that lost Redis while it ran (beyond the client's own).
+MAX_TRANSIENT_RETRIES = 5
 
 # --- per-process state, made on first use (after the prefork worker has forked) ----------
 
@@ -129,7 +139,8 @@ def run_job(
         job_id,
         job_type,
         "running",
-        count_attempt=True,
+        # A Celery retry (after a transient error) is not another delivery.
+        count_attempt=task.request.retries == 0,
         started_at=now_iso(),
         worker=task.request.hostname,
         stage="running",
@@ -156,10 +167,13 @@ def run_job(
         log.info("job %s cancelled at a checkpoint", job_id)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Transient: the job store or broker went away. Try again later, with backoff.
+        if task.request.retries >= MAX_TRANSIENT_RETRIES:
+            finish(task.app, job_id, job_type, "failed", error=_error(exc, "RedisUnavailable"))
+            return
         delay = min(2**task.request.retries, 60)
         with contextlib.suppress(redis.RedisError):
             store.transition(job_id, job_type, "retrying", stage=f"retrying in {delay}s: {exc}")
-        raise task.retry(exc=exc, countdown=delay, max_retries=5) from exc
+        raise task.retry(exc=exc, countdown=delay, max_retries=MAX_TRANSIENT_RETRIES) from exc
     except (MLError, ValidationError, ValueError) as exc:
         finish(task.app, job_id, job_type, "failed", error=_error(exc))
     except SoftTimeLimitExceeded:
@@ -252,11 +266,15 @@ def _segment(
 def retrain(self: Task, request: dict[str, Any], trigger: str = "api") -> None:
     """Retrain models on the training dataset; promote each one that passes the gate."""
     _lower_priority()
-    try:
-        run_job(self, "retrain", request, RetrainRequest, _retrain)
-    finally:
-        if trigger == "bootstrap":  # a failed first training is tried again at next start
+    run_job(self, "retrain", request, RetrainRequest, _retrain)
+    if trigger == "bootstrap":
+        # Done: forget the claim. Failed: keep it a while, so `mlstock up` can show the
+        # failure, then let the next worker start try again.
+        record = jobs().get(str(self.request.id)) or {}
+        if record.get("status") == "succeeded":
             redis_client().delete(BOOTSTRAP_KEY)
+        elif record.get("status") in TERMINAL:
+            redis_client().expire(BOOTSTRAP_KEY, 120)
 
 
 def _retrain(
@@ -293,9 +311,10 @@ def scheduled_retrain(self: Task) -> str | None:
     """Queue the scheduled retrain once per tick, however many beats sent this."""
     client = redis_client()
     client.set(BEAT_LAST_KEY, now_iso())
-    tick = now_iso()[:16]  # the minute: crontab's resolution
-    if not client.set(f"{BEAT_LAST_KEY}:{tick}", str(self.request.id), nx=True, ex=3600):
-        log.info("retrain of tick %s already queued by another beat", tick)
+    # Ticks of a crontab are at least a minute apart, and every beat sends a tick's task
+    # within moments: one claim that lives 50 s takes each tick once.
+    if not client.set(f"{BEAT_LAST_KEY}:claim", str(self.request.id), nx=True, ex=50):
+        log.info("this tick's retrain was already queued by another beat")
         return None
     record = enqueue(
         jobs(), self.app, "retrain", RetrainRequest().model_dump(mode="json"),
@@ -406,9 +425,6 @@ def _init_child(**_: Any) -> None:
     threadpool_limits(limits=settings().worker_threads)
 
 
-TYPE_OF_TASK = {task: job_type for job_type, (task, _) in JOB_TYPES.items()}
-
-
 @signals.task_failure.connect
 def _record_lost(sender: Any = None, task_id: str = "", exception: Any = None, **_: Any) -> None:
     # Sent by the worker's main process when a child died or hit its hard time limit and
@@ -438,6 +454,7 @@ def catalog() -> dict[str, Any]:
             entry["tickers"] = store.meta(card["data_version"])["tickers"]
         else:
             entry["features"] = list(FEATURES)
+            entry["tickers"] = store.meta(card["data_version"])["tickers"]
         out[name] = entry
     return out
 
@@ -523,18 +540,14 @@ def recover_orphans(app: Any, hostname: str) -> list[str]:
     running here belongs to a dead predecessor. A late original delivery finds the job
     final and is skipped.
     """
-    store = jobs()
     orphans = [
         record
         for status in ("running", "retrying")
-        for record in store.list(status=status, limit=1000)[0]
+        for record in jobs().list(status=status, limit=1000)[0]
         if record["worker"] == hostname
     ]
     for record in orphans:
-        task_name, queue = JOB_TYPES[record["type"]]
-        app.send_task(
-            task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
-        )
+        resend(app, record)
         log.warning("job %s was left running by a dead %s: sent again", record["job_id"], hostname)
     return [str(r["job_id"]) for r in orphans]
 
@@ -542,7 +555,9 @@ def recover_orphans(app: Any, hostname: str) -> list[str]:
 def _cleanup_staging() -> None:
     # With no retrain holding a lock, any staging folder is a killed training's leftover.
     if not any(redis_client().scan_iter(match=lock_key("*"), count=100)):
-        registry().cleanup_tmp()
+        # Older than a minute: a promotion's pointer file written right now is kept.
+        registry().cleanup_tmp(min_age_seconds=60)
+        datasets().cleanup_tmp(min_age_seconds=60)
 
 
 @signals.worker_ready.connect

@@ -16,11 +16,10 @@ from celery._state import get_current_task
 from celery.exceptions import TimeLimitExceeded
 
 from worker.config import Settings
-from worker.contract import JOB_TYPES
+from worker.contract import TYPE_OF_TASK
 from worker.observe import job_timings, make_formatter, record_finished
 
 log = logging.getLogger("worker.jobs")
-TYPE_OF_TASK = {task: job_type for job_type, (task, _) in JOB_TYPES.items()}
 
 
 class TaskContext(logging.Filter):

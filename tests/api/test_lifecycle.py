@@ -222,7 +222,6 @@ def test_callback_receives_the_signed_final_record(
     wait_for(lambda: received, timeout=30)
     headers, body = received[0]
     assert headers["X-Signature"] == sign(WEBHOOK["WEBHOOK_SECRET"], body)
-    assert headers["X-Signature"] != sign("another key", body)
     delivered = json.loads(body)
     assert delivered["job_id"] == job_id and delivered["status"] in FINAL
     record = wait_for(lambda: (r := client.get(f"/result/{job_id}").get_json())["callback"] and r)

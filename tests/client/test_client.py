@@ -104,7 +104,8 @@ def test_a_failed_job_raises_job_failed(api: Client, stack: Stack) -> None:
     with pytest.raises(JobFailed) as info:
         job.wait(timeout=60)
     assert info.value.record["status"] == "failed"
-    assert info.value.error["type"]
+    assert info.value.error["type"] == "InsufficientHistoryError"
+    assert "no prices to forecast from through 1990-01-02" in info.value.error["message"]
 
 
 def test_wait_timeout_then_cancel(api: Client) -> None:
