@@ -28,6 +28,8 @@ from worker.tasks import datasets, publish_catalog, redis_client, registry, run_
 
 log = logging.getLogger(__name__)
 PUBLISH_SECONDS = 15.0
+#: Listings outlive a few missed rounds, and vanish when no worker is left to refresh them.
+LISTING_TTL_SECONDS = int(4 * PUBLISH_SECONDS)
 #: ModelCache's default check interval (worker/cache.py).
 CACHE_CHECK_SECONDS = 1.0
 
@@ -68,7 +70,7 @@ def datasets_snapshot() -> dict[str, Any]:
 
 def publish_registry() -> None:
     """Write the registry and dataset listings to Redis."""
-    ttl = settings().result_ttl
+    ttl = LISTING_TTL_SECONDS
     client = redis_client()
     client.set(REGISTRY_KEY, json.dumps(registry_snapshot()), ex=ttl)
     client.set(DATASETS_KEY, json.dumps(datasets_snapshot()), ex=ttl)

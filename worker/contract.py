@@ -594,7 +594,12 @@ def live_workers(
 def notify(celery: Celery, record: dict[str, Any]) -> None:
     """Queue the delivery of a final record to its `callback_url`, if it has one."""
     if (record.get("params") or {}).get("callback_url"):
-        celery.send_task(TASK_CALLBACK, kwargs={"job_id": record["job_id"]}, queue=QUEUE_INFERENCE)
+        celery.send_task(
+            TASK_CALLBACK,
+            kwargs={"job_id": record["job_id"]},
+            queue=QUEUE_INFERENCE,
+            ignore_result=True,
+        )
 
 
 def enqueue(
@@ -626,6 +631,9 @@ def enqueue(
             kwargs={"request": params, **(extra_kwargs or {})},
             task_id=job_id,
             queue=queue,
+            # Results live in the job record. Celery's send_task would otherwise ask the
+            # worker to store each one a second time (its default overrides the task's).
+            ignore_result=True,
             # Give up after about a second: the caller answers 503 (the API) or the
             # reconciler sends it again, rather than a request hanging on a dead broker.
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4},

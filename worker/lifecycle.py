@@ -144,5 +144,9 @@ def resend(app: Any, record: dict[str, Any]) -> None:
     """Send a job's task again under its id, from its record."""
     task_name, queue = ALL_JOB_TYPES[record["type"]]
     app.send_task(
-        task_name, kwargs={"request": record["params"]}, task_id=record["job_id"], queue=queue
+        task_name,
+        kwargs={"request": record["params"]},
+        task_id=record["job_id"],
+        queue=queue,
+        ignore_result=True,
     )

@@ -69,6 +69,7 @@ from worker.results import add_history, forecast_result, segment_result
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
+CATALOG_TTL_SECONDS = 60
 #: Retries, with backoff, of a job that lost Redis while it ran (beyond the client's own).
 MAX_TRANSIENT_RETRIES = 5
 
@@ -461,7 +462,8 @@ def catalog() -> dict[str, Any]:
 
 def publish_catalog() -> None:
     """Write the catalog of served models to Redis."""
-    redis_client().set(CATALOG_KEY, json.dumps(catalog()), ex=settings().result_ttl)
+    # Refreshed by every heartbeat; gone a minute after the last inference worker.
+    redis_client().set(CATALOG_KEY, json.dumps(catalog()), ex=CATALOG_TTL_SECONDS)
 
 
 class Heartbeat(threading.Thread):

@@ -73,7 +73,7 @@ class FaultStack:
         """Start a service with its compose command."""
         environment = service_env(
             self.redis_url, self.artifacts, HOST="127.0.0.1", PORT=str(self.api_port),
-            RETRAIN_SCHEDULE="", **env,
+            RETRAIN_SCHEDULE="", RATE_LIMIT="", **env,
         )  # fmt: skip
         limit = None
         if file_size_limit is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from ml.registry import ModelRegistry
 from tests.faults.conftest import FINAL, FaultStack, kill
@@ -228,3 +229,46 @@ def test_job_over_its_time_limit_fails_with_timeout(
     after = fs.settle([job["job_id"]], 120)[job["job_id"]]
     assert after["status"] == "succeeded", after
     figures["time_limit"] = {"error": record["error"], "next_job": after["status"]}
+
+
+def test_redis_returns_to_baseline_after_retention(
+    fault_stack: FaultStack, figures: dict[str, Any]
+) -> None:
+    """Sustained submits leave nothing behind once their records expire."""
+    fs = fault_stack
+    start_all(fs, RESULT_TTL="5")
+    client = redis.Redis.from_url(fs.redis_url)
+    time.sleep(6)  # heartbeats, catalog and listings are all written
+    baseline_keys, baseline_mem = client.dbsize(), client.info("memory")["used_memory"]
+    names = set(client.keys("*"))
+    stream = Stream(fs, seconds=10, interval=0.02)
+    stream.run()
+    peak_keys, peak_mem = client.dbsize(), client.info("memory")["used_memory"]
+    deadline = time.monotonic() + 60  # every job ends (records expire too soon to poll)
+    while client.zcard("mlstock:active") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = fs.log("worker-inference")
+    answered = sum(f"job {job_id} predict succeeded" in log for job_id in stream.accepted)
+    fig: dict[str, Any] = {"accepted": len(stream.accepted), "answered": answered}
+    time.sleep(7)  # every record's TTL runs out
+    # One more job trims the submit-time index of the expired ids.
+    status, _, job = fs.http("POST", "/jobs/predict", {"ticker": fs.a_ticker(), "horizon": 1})
+    assert status == 202
+    fs.settle([job["job_id"]], 60)
+    time.sleep(7)  # and its record expires too
+    after_keys, index = client.dbsize(), client.zcard("mlstock:jobs")
+    fig |= {
+        "keys": {"baseline": baseline_keys, "peak": peak_keys, "after_ttl": after_keys},
+        "used_memory": {"baseline": baseline_mem, "peak": peak_mem,
+                        "after_ttl": client.info("memory")["used_memory"]},
+        "jobs_index_after_ttl": index,
+    }  # fmt: skip
+    figures["retention"] = fig
+    assert answered == len(stream.accepted) > 100
+    assert peak_keys > baseline_keys + 100
+    # Nothing of any job is left (the submit-time index keeps one stale id until the next
+    # submit); what remains are single keys whatever the load: indexes, counters, listings.
+    per_job = [k for k in client.keys("*") if re.search(rb"[0-9a-f]{8}-[0-9a-f]{4}-", k)]
+    assert per_job == [], per_job
+    assert after_keys <= baseline_keys + 3, set(client.keys("*")) - names
+    assert index <= 1
