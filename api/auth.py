@@ -32,6 +32,7 @@ PUBLIC_ENDPOINTS = {
     "dashboard.index",
     "dashboard.forecast",
     "dashboard.segments",
+    "dashboard.registry",
     "metrics.metrics",
 }
 #: POST endpoints a `submit` key may call; any other write needs `admin`.

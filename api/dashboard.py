@@ -45,3 +45,12 @@ def forecast(job_id: str) -> str:
 def segments() -> str:
     """Show the latest segmentation: tickers by segment, profiles and a scatter."""
     return render_template("segments.html", page="segments")
+
+
+@bp.get("/registry")
+def registry() -> str:
+    """Show each model's versions, newest first, with their cards; promote or roll back.
+
+    Not at `/models`: that is the JSON API's listing, which this page reads.
+    """
+    return render_template("models.html", page="models")

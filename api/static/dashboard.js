@@ -246,5 +246,134 @@ const mlstock = (() => {
     } catch (e) { status.textContent = e.message; }
   }
 
-  return { api, jobsPage, forecastPage, segmentsPage };
+  // --- models page ----------------------------------------------------------------------------
+  // The card's headline figures: [metrics key, label, format]; a format is a number of
+  // digits or "%". The forecaster's are its walk-forward backtest averaged over steps 1..H.
+  const HEADLINE = [
+    ["relative_mase", "rel. MASE", 3], ["relative_mae", "rel. MAE", 3],
+    ["relative_mase_drift", "rel. MASE (drift)", 3],
+    ["coverage_80", "cov 80", "%"], ["coverage_95", "cov 95", "%"],
+    ["directional_accuracy", "direction", "%"], ["point", "point"], ["shrinkage", "shrinkage", 2],
+    ["n_segments", "segments"], ["silhouette", "silhouette", 3], ["churn", "churn", 3],
+  ];
+
+  function figure(value, format) {
+    if (value === null || value === undefined) return "–";
+    if (Array.isArray(value)) { // one per step (the shrinkage weights): say the range
+      const shown = value.map((v) => figure(v, format));
+      const [lo, hi] = [shown[0], shown[shown.length - 1]];
+      if (shown.every((v) => v === lo)) return `${lo} ×${shown.length}`;
+      return value.every((v) => typeof v === "number")
+        ? `${figure(Math.min(...value), format)}–${figure(Math.max(...value), format)} (${shown.length} steps)`
+        : `${lo} … ${hi}`;
+    }
+    if (typeof value !== "number") return String(value);
+    if (format === "%") return `${(value * 100).toFixed(1)}%`;
+    return typeof format === "number" ? value.toFixed(format) : String(value);
+  }
+
+  function when(iso) { return (iso || "").replace("T", " ").slice(0, 19); }
+
+  function headline(card) {
+    if (card.error) return el("td", { class: "metrics error" }, card.error);
+    const m = card.metrics || {};
+    // Older cards have relative MAE only: show it when there is no relative MASE.
+    const shown = HEADLINE.filter(([key]) => key in m && !(key === "relative_mae" && "relative_mase" in m));
+    return el("td", { class: "metrics", title: m.evaluation || "" },
+      ...shown.map(([key, label, format]) => el("span", { class: "metric", "data-metric": key }, el("b", {}, label), " ", figure(m[key], format))));
+  }
+
+  function why(card) {
+    if (card.promoted) {
+      const by = card.promoted_by ? ` by ${card.promoted_by}` : "";
+      return el("td", { class: "why" }, el("span", {}, `promoted ${when(card.promoted_at)}${by}`), el("br"), el("span", { class: "muted" }, card.reason || ""));
+    }
+    if (card.reason) return el("td", { class: "why" }, el("span", {}, "not promoted"), el("br"), el("span", { class: "muted" }, card.reason));
+    return el("td", { class: "why muted" }, "never promoted");
+  }
+
+  function versionRow(model, card) {
+    const isCurrent = card.version === model.current;
+    // Versions are UTC timestamps: older sorts first, as the worker decides a rollback.
+    const older = model.current && card.version < model.current;
+    const action = isCurrent
+      ? el("span", { class: "current-badge" }, "current")
+      : el("span", {}, el("button", { class: "promote", onclick: (event) => promote(model.name, card.version, event.currentTarget) }, "Promote"),
+        older ? el("small", { class: "muted" }, " rollback") : "");
+    return el("tr", { "data-version": card.version, class: isCurrent ? "current" : "" },
+      el("td", { class: "id" }, card.version, card.signed === false ? el("small", { class: "unsigned" }, " unsigned") : ""),
+      el("td", {}, when(card.created)), el("td", {}, card.trained_through || ""),
+      el("td", { class: "id", title: card.data_version || "" }, (card.data_version || "").slice(0, 12)),
+      headline(card), why(card), el("td", { class: "action" }, action));
+  }
+
+  function historyList(model) {
+    const history = model.history || [];
+    return el("details", { class: "history-list" }, el("summary", {}, `Promotion history (${history.length})`),
+      el("ol", {}, ...history.map((h) => el("li", {},
+        `${when(h.at)} ${h.version}${h.previous ? ` (was ${h.previous})` : ""}${h.by ? ` by ${h.by}` : ""}: ${h.reason || ""}`))));
+  }
+
+  function modelSection(model, note) {
+    const cols = ["version", "created", "trained through", "data", "headline metrics", "promoted / why", ""];
+    return el("section", { class: "card model", "data-model": model.name },
+      el("h2", {}, `${model.name} `, el("small", {}, model.current ? `current ${model.current} · ${model.versions.length} version${model.versions.length === 1 ? "" : "s"}` : "no current version")),
+      el("p", { class: "note" }, note || ""),
+      el("div", { class: "error", role: "alert" }),
+      el("table", { class: "versions" }, el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c)))),
+        el("tbody", {}, ...model.versions.map((card) => versionRow(model, card)))),
+      historyList(model));
+  }
+
+  async function refreshModels(notes = {}) {
+    const status = document.getElementById("status");
+    try {
+      const listing = await api("/models");
+      const models = await Promise.all(listing.models.map((m) => api(`/models/${encodeURIComponent(m.name)}`)));
+      document.getElementById("models").replaceChildren(...models.map((m) => modelSection(m, notes[m.name])));
+      status.textContent = models.length
+        ? `artifacts checked by ${listing.signing || "?"} · listing published ${when(listing.published_at)}`
+        : "no models yet: the training worker trains the first ones at start";
+      status.className = "muted";
+      document.getElementById("models-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      document.body.dataset.ready = "true";
+    } catch (e) {
+      status.textContent = e.message;
+      status.className = "error";
+    }
+  }
+
+  async function promote(name, version, button) {
+    const section = button.closest("section");
+    const box = section.querySelector(".error");
+    box.textContent = "";
+    for (const b of section.querySelectorAll("button.promote")) b.disabled = true;
+    button.textContent = "promoting…";
+    const body = { version };
+    const reason = document.getElementById("promote-reason").value.trim();
+    if (reason) body.reason = reason;
+    try {
+      let answer = await api(`/models/${encodeURIComponent(name)}/promote`, { method: "POST", body });
+      if (answer.status !== "succeeded") { // 202: the promote job is still running
+        answer = await waitFor(answer.job_id, () => {});
+        if (answer.status !== "succeeded") {
+          throw new Error(answer.error ? `${answer.error.type}: ${answer.error.message}` : `the promotion was ${answer.status}`);
+        }
+        answer = { ...answer, ...answer.result };
+      }
+      const action = answer.action === "rollback" ? "rolled back to" : "promoted";
+      await refreshModels({ [name]: `${action} ${version}${answer.previous ? ` (was ${answer.previous})` : ""}` });
+    } catch (e) {
+      box.textContent = e.message;
+      for (const b of section.querySelectorAll("button.promote")) b.disabled = false;
+      button.textContent = "Promote";
+    }
+  }
+
+  function modelsPage() {
+    startHealth();
+    refreshModels();
+  }
+
+  return { api, jobsPage, forecastPage, segmentsPage, modelsPage };
 })();

@@ -1,15 +1,22 @@
 """The dashboard in a real headless Chromium: submit a predict through the form, wait for
-it, check the forecast chart and its bands, save a screenshot under bench/results/."""
+it, check the forecast chart and its bands; promote and roll back on the models page;
+save screenshots under bench/results/."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.client.test_client import served_tickers
 from tests.conftest import Stack
+from tests.registry_helpers import copy_version
 from tests.served import Served, api_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -75,3 +82,110 @@ def test_predict_through_the_form_shows_the_bands(api_server: Served, stack: Sta
             assert not errors, errors
         finally:
             browser.close()
+
+
+def _http(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+
+def _listing(base: str, name: str, *versions: str, timeout: float = 40) -> dict[str, Any]:
+    """Return GET /models/<name> once it has a current version and lists `versions`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            model = _http(f"{base}/models/{name}")
+            listed = {v["version"] for v in model["versions"]}
+            if model["current"] and set(versions) <= listed:
+                return model
+        except urllib.error.HTTPError:
+            pass  # not published yet
+        assert time.monotonic() < deadline, f"{name} {versions} never listed"
+        time.sleep(0.5)
+
+
+def test_models_page_promotes_and_rolls_back(api_server: Served, stack: Stack) -> None:  # noqa: F811
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    browser_path = chromium()
+    base = api_server.url
+    original = _listing(base, "forecast")["current"]
+    _listing(base, "segment")
+    # Two more versions of the forecaster, saved as a retrain would (newest first in the
+    # listing): a good one, and an unsigned one every worker must refuse.
+    newer = copy_version(stack.artifacts, "forecast")
+    unsigned = copy_version(stack.artifacts, "forecast", key=None)
+    _listing(base, "forecast", newer, unsigned)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    forecast_sel = 'section[data-model="forecast"]'
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(base + "/")
+                page.click("nav >> text=Models")
+                page.wait_for_url("**/registry")
+                page.wait_for_selector(f"{forecast_sel} tr.current")
+                page.wait_for_selector("#health .chip.ok")
+                for name in ("forecast", "segment"):
+                    section = page.locator(f'section[data-model="{name}"]')
+                    versions = [r.get_attribute("data-version") or ""
+                                for r in section.locator("tbody tr").all()]  # fmt: skip
+                    assert versions and versions == sorted(versions, reverse=True), versions
+                    current = section.locator("tr.current")
+                    assert current.count() == 1
+                    assert current.locator(".current-badge").inner_text() == "current"
+                    assert current.locator("button.promote").count() == 0
+                    assert section.locator("button.promote").count() == len(versions) - 1
+                forecast = page.locator(forecast_sel)
+                row = forecast.locator("tr.current")
+                assert row.get_attribute("data-version") == original
+                for key in ("relative_mase", "coverage_80", "coverage_95", "point", "shrinkage"):
+                    assert row.locator(f'[data-metric="{key}"]').count() == 1, key
+                assert "%" in row.locator('[data-metric="coverage_80"]').inner_text()
+                segment = page.locator('section[data-model="segment"] tr.current')
+                assert segment.locator('[data-metric="n_segments"]').count() == 1
+
+                # Refused: the problem's detail is shown and the current version stays.
+                forecast.locator(f'tr[data-version="{unsigned}"] button.promote').click()
+                page.wait_for_selector(f"{forecast_sel} .error:not(:empty)", timeout=60_000)
+                assert "missing signature" in forecast.locator(".error").inner_text()
+                assert forecast.locator("tr.current").get_attribute("data-version") == original
+
+                # Promote the newer version, with a reason: the current marker moves to it.
+                page.fill("#promote-reason", "browser test promotion")
+                forecast.locator(f'tr[data-version="{newer}"] button.promote').click()
+                page.wait_for_selector(f'{forecast_sel} tr.current[data-version="{newer}"]',
+                                       timeout=60_000)  # fmt: skip
+                assert forecast.locator("tr.current").count() == 1
+                assert "promoted " + newer in forecast.locator(".note").inner_text()
+                promoted = forecast.locator("tr.current td.why").inner_text()
+                assert "browser test promotion" in promoted and "anonymous" in promoted
+                model = _http(f"{base}/models/forecast")
+                assert model["current"] == newer
+                assert model["history"][0]["reason"] == "browser test promotion"
+
+                # The original is older now: its button is a rollback. Click it.
+                page.fill("#promote-reason", "")
+                back = forecast.locator(f'tr[data-version="{original}"]')
+                assert "rollback" in back.locator("td.action").inner_text()
+                back.locator("button.promote").click()
+                page.wait_for_selector(f'{forecast_sel} tr.current[data-version="{original}"]',
+                                       timeout=60_000)  # fmt: skip
+                assert "rolled back to " + original in forecast.locator(".note").inner_text()
+                assert "rolled back via the API" in back.locator("td.why").inner_text()
+                assert _http(f"{base}/models/forecast")["current"] == original
+                page.click(f"{forecast_sel} details.history-list summary")
+                page.screenshot(path=str(SCREENSHOTS / "dashboard_models.png"), full_page=True)
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        # Whatever happened above, leave the original serving for the other tests.
+        if _http(f"{base}/models/forecast")["current"] != original:
+            _http(f"{base}/models/forecast/promote", {"version": original})
