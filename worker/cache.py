@@ -98,6 +98,8 @@ class ModelCache:
                 self._stamps[name] = stamp
             self._refused.pop(name, None)
             self.loads += 1
+            # One line per load: the benchmark's soak counts them (0 expected after warm-up).
+            log.info("loaded model %s %s (load %d of this process)", name, served.version, self.loads)
             return served
 
     def refused(self, name: str) -> str | None:
