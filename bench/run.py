@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -306,8 +306,9 @@ def floor_celery(settings: Settings, n: int, inflight: int) -> dict[str, Any]:
 
 def floor_inproc(settings: Settings, n: int) -> dict[str, Any]:
     """The served models' predict in this process: 1 ticker and all, forecast and segment."""
-    from worker.cache import ModelCache
+    from ml.forecast import latest_features
     from ml.registry import DatasetStore, ModelRegistry
+    from worker.cache import ModelCache
 
     cache = ModelCache(
         ModelRegistry(settings.artifacts_dir, signing_key=settings.signing_key),
@@ -320,17 +321,14 @@ def floor_inproc(settings: Settings, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"tickers": len(tickers)}
     out["predict_1"] = summary(timed(lambda: model.predict(prices, tickers=one, horizon=5), n))
     out["predict_all"] = summary(timed(lambda: model.predict(prices, horizon=5), n // 4))
-    latest = getattr(cache, "latest", None)
-    if latest is not None:  # the precomputed path the workers serve from
-        t0 = time.perf_counter()
-        rows = latest("forecast")
-        out["precompute_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
-        out["served_1"] = summary(
-            timed(lambda: model.predict_latest(rows, tickers=one, horizon=5), n)
-        )
-        out["served_all"] = summary(timed(lambda: model.predict_latest(rows, horizon=5), n))
-    else:
-        out["served_1"], out["served_all"] = out["predict_1"], out["predict_all"]
+    # The path the workers serve from: features of each ticker's last row, once per model.
+    t0 = time.perf_counter()
+    latest = latest_features(prices)
+    out["precompute_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+    out["served_1"] = summary(
+        timed(lambda: model.predict_latest(latest, tickers=one, horizon=5), n)
+    )
+    out["served_all"] = summary(timed(lambda: model.predict_latest(latest, horizon=5), n))
     seg, seg_prices = segment.model, segment.prices
     out["segment_all"] = summary(timed(lambda: seg.predict(seg_prices), n // 4))
     return out
