@@ -453,8 +453,15 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         # order with the steps of each origin together.
         # Versions saved before shrinkage existed served the regressor as is.
         weights = getattr(self, "shrinkage_", np.ones(len(self.estimators_)))
+        # A weight of 0 (the naive point, what daily prices usually earn) needs no regressor
+        # call: 0 * prediction is 0 for the finite features of a ready row.
         center = np.column_stack(
-            [weights[h - 1] * self.estimators_[h - 1].predict(features) for h in step]
+            [
+                weights[h - 1] * self.estimators_[h - 1].predict(features)
+                if weights[h - 1] != 0.0
+                else np.zeros(len(rows))
+                for h in step
+            ]
         )
         scale = panel.sigma[rows, None] * np.sqrt(step)
         origin_close = np.repeat(panel.close[rows], steps)
