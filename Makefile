@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality
+.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality bench
 
 all: lint mypy test
 
@@ -50,6 +50,11 @@ mypy: install-dev
 ## bench-quality: walk-forward backtests (synthetic and real) and segment quality
 bench-quality: install-dev
 	OMP_NUM_THREADS=1 $(BIN)/python bench/quality.py
+
+## bench: latency and throughput against same-run floors (own stack, ~5-10 min);
+## BENCH_ARGS="--artifacts DIR --soak N --name NAME" (see python -m bench.run --help)
+bench: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -157,6 +157,36 @@ def _build_panel(prices: pd.DataFrame) -> _Panel:
     )
 
 
+@dataclass(frozen=True)
+class LatestFeatures:
+    """The last feature row of every ticker of a price frame, computed once so a served
+    model forecasts from the latest data without recomputing features per request."""
+
+    panel: _Panel  # one row per ticker (its last date), in ticker order
+    index: dict[str, int]  # ticker -> row of `panel`
+    through: pd.Timestamp  # the frame's last date: an `as_of` on or after it changes nothing
+
+
+def latest_features(prices: pd.DataFrame) -> LatestFeatures:
+    """Compute the features of every ticker's last row, from its whole history."""
+    panel = _build_panel(prices)
+    if len(panel.group) == 0:
+        raise InsufficientHistoryError("no prices to forecast from")
+    last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
+    rows = _Panel(
+        ticker=panel.ticker[last],
+        date=panel.date[last],
+        close=panel.close[last],
+        log_close=panel.log_close[last],
+        group=panel.group[last],
+        position=panel.position[last],
+        sigma=panel.sigma[last],
+        features=panel.features[last],
+    )
+    index = {str(t): i for i, t in enumerate(rows.ticker)}
+    return LatestFeatures(rows, index, pd.Timestamp(panel.date.max()))
+
+
 class Forecaster(BaseEstimator):  # type: ignore[misc]
     """Forecast closes 1..horizon business days ahead, with 80% and 95% intervals.
 
@@ -327,6 +357,39 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
         return self._forecast_rows(panel, last, steps)
 
+    def predict_latest(
+        self,
+        latest: LatestFeatures,
+        *,
+        tickers: Sequence[str] | None = None,
+        horizon: int | None = None,
+    ) -> pd.DataFrame:
+        """Forecast each ticker (or only ``tickers``) from precomputed latest features.
+
+        Equals ``predict(prices)`` on the frame ``latest`` was computed from, for all its
+        tickers or the requested ones (rows in ticker order), at the cost of the regressor
+        calls alone.
+        """
+        check_is_fitted(self)
+        steps = self._steps(horizon)
+        if tickers is None:
+            rows = np.arange(len(latest.index))
+        else:
+            wanted = list(dict.fromkeys(normalize_tickers(tickers)))
+            unknown = [t for t in wanted if t not in latest.index]
+            if unknown:
+                raise UnknownTickerError(unknown)
+            rows = np.sort(np.array([latest.index[t] for t in wanted], dtype=np.intp))
+        panel = latest.panel
+        short = [f"{panel.ticker[i]} ({panel.position[i] + 1})" for i in rows if not panel.ready[i]]
+        if short:
+            raise InsufficientHistoryError(
+                f"fewer than {MIN_HISTORY} prices (ticker and count): {', '.join(short)}"
+            )
+        if len(rows) == 0:
+            raise InsufficientHistoryError("no prices to forecast from")
+        return self._forecast_rows(panel, rows, steps)
+
     def predict_series(
         self,
         closes: Sequence[float],
@@ -392,8 +455,15 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         # order with the steps of each origin together.
         # Versions saved before shrinkage existed served the regressor as is.
         weights = getattr(self, "shrinkage_", np.ones(len(self.estimators_)))
+        # A weight of 0 (the naive point, what daily prices usually earn) needs no regressor
+        # call: 0 * prediction is 0 for the finite features of a ready row.
         center = np.column_stack(
-            [weights[h - 1] * self.estimators_[h - 1].predict(features) for h in step]
+            [
+                weights[h - 1] * self.estimators_[h - 1].predict(features)
+                if weights[h - 1] != 0.0
+                else np.zeros(len(rows))
+                for h in step
+            ]
         )
         scale = panel.sigma[rows, None] * np.sqrt(step)
         origin_close = np.repeat(panel.close[rows], steps)

@@ -16,25 +16,29 @@ def _day(value: Any) -> str | None:
 
 def forecast_result(frame: pd.DataFrame, version: str, horizon: int) -> dict[str, Any]:
     """Group a forecast frame (one row per ticker and step) into one entry per ticker."""
-    forecasts = []
-    for ticker, rows in frame.groupby("ticker", sort=False):
-        first = rows.iloc[0]
-        steps = [
-            {
-                "step": int(str(r.step)),
-                "date": _day(r.date),
-                **{c: round(float(getattr(r, c)), PRICE_DECIMALS) for c in BAND_COLUMNS},
-            }
-            for r in rows.itertuples(index=False)
-        ]
-        forecasts.append(
-            {
-                "ticker": str(ticker),
-                "last_date": _day(first["last_date"]),
-                "last_close": round(float(first["last_close"]), PRICE_DECIMALS),
+    # Plain lists rather than pandas row access: this runs for every predict job.
+    tickers = frame["ticker"].astype(str).tolist()
+    steps = frame["step"].astype(int).tolist()
+    dates = [_day(d) for d in frame["date"].tolist()]
+    last_dates = [_day(d) for d in frame["last_date"].tolist()]
+    last_closes = frame["last_close"].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist()
+    bands = {c: frame[c].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist() for c in BAND_COLUMNS}
+    forecasts: list[dict[str, Any]] = []
+    by_ticker: dict[str, dict[str, Any]] = {}
+    for i, ticker in enumerate(tickers):
+        entry = by_ticker.get(ticker)
+        if entry is None:
+            entry = {
+                "ticker": ticker,
+                "last_date": last_dates[i],
+                "last_close": last_closes[i],
                 "model_version": version,
-                "steps": steps,
+                "steps": [],
             }
+            by_ticker[ticker] = entry
+            forecasts.append(entry)
+        entry["steps"].append(
+            {"step": steps[i], "date": dates[i], **{c: bands[c][i] for c in BAND_COLUMNS}}
         )
     return {"model_version": version, "horizon": horizon, "forecasts": forecasts}
 

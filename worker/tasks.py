@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from ml.data import read_prices_csv, synthetic_market
 from ml.errors import MLError
+from ml.forecast import latest_features
 from ml.registry import DatasetStore, ModelRegistry
 from ml.segment import FEATURES
 from ml.train import promotion_decision, train_model
@@ -229,9 +230,17 @@ def _predict(
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
     else:
         as_of = None if req.as_of is None else pd.Timestamp(req.as_of)
-        frame = served.model.predict(
-            served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
-        )
+        latest = models().derived("forecast:latest", served, lambda s: latest_features(s.prices))
+        if as_of is None or as_of >= latest.through:
+            # The hot path: features of every ticker's last row were computed once per
+            # loaded model; this job costs the regressor calls alone.
+            frame = served.model.predict_latest(
+                latest, tickers=req.subject_tickers(), horizon=req.horizon
+            )
+        else:
+            frame = served.model.predict(
+                served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
+            )
     result = forecast_result(frame, served.version, req.horizon)
     if req.history is not None:
         add_history(result, served.prices, req.history, as_of)
@@ -252,14 +261,15 @@ def _segment(
     if req.data is not None:
         frame = model.predict_features(req.data)
     else:
-        prices = served.prices
+        # Every ticker's segment is computed once per loaded model, against the market of
+        # all tickers as in training (a subset's own mean is not the market its beta means).
+        frame = models().derived("segment:all", served, lambda s: s.model.predict(s.prices))
         if req.tickers is not None:
-            known = set(prices["ticker"].unique())
+            known = set(frame["ticker"])
             unknown = [t for t in req.tickers if t not in known]
             if unknown:
                 raise ValueError(f"unknown tickers: {', '.join(unknown)}")
-            prices = prices[prices["ticker"].isin(req.tickers)]
-        frame = model.predict(prices)
+            frame = frame[frame["ticker"].isin(req.tickers)].reset_index(drop=True)
     return segment_result(frame, model.profiles_, served.version), served.version
 
 

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from ml.errors import InsufficientHistoryError, UnknownTickerError
-from ml.forecast import MIN_HISTORY, OUTPUT_COLUMNS, VOL_BANDS, Forecaster
+from ml.forecast import MIN_HISTORY, OUTPUT_COLUMNS, VOL_BANDS, Forecaster, latest_features
 
 
 def test_fitted_attributes(forecaster: Forecaster, market: pd.DataFrame) -> None:
@@ -161,3 +161,28 @@ def test_business_day_steps_match_pandas_bday() -> None:
     for days in (1, 2, 6):
         expected = origins + pd.offsets.BDay(days)
         assert _add_business_days(origins, np.full(14, days)).equals(expected)
+
+
+def test_predict_latest_equals_predict(forecaster: Forecaster, market: pd.DataFrame) -> None:
+    """The workers' fast path (features precomputed once per model) serves the same forecast
+    as recomputing them from the prices, for all tickers and for any subset."""
+    latest = latest_features(market)
+    pd.testing.assert_frame_equal(
+        forecaster.predict_latest(latest, horizon=5),
+        forecaster.predict(market, horizon=5),
+        check_exact=True,
+    )
+    tickers = sorted(market["ticker"].unique())
+    for subset in ([tickers[3]], [tickers[7], tickers[0], tickers[7]], tickers[:5]):
+        pd.testing.assert_frame_equal(
+            forecaster.predict_latest(latest, tickers=subset, horizon=3),
+            forecaster.predict(market, tickers=subset, horizon=3).reset_index(drop=True),
+            check_exact=True,
+        )
+    with pytest.raises(UnknownTickerError):
+        forecaster.predict_latest(latest, tickers=["NOPE"])
+    short = market[market["ticker"] != tickers[0]]
+    short = pd.concat([short, market[market["ticker"] == tickers[0]].tail(MIN_HISTORY - 1)])
+    with pytest.raises(InsufficientHistoryError, match=tickers[0]):
+        forecaster.predict_latest(latest_features(short), tickers=[tickers[0]])
+    assert latest.through == market["date"].max()
