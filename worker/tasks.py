@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -150,11 +151,10 @@ def run_job(
     if not deliveries:
         log.info("job %s is already final (cancelled, or a duplicate delivery): skipped", job_id)
         return
+    end = functools.partial(finish, task.app, job_id, job_type, request=request)
     if deliveries > MAX_DELIVERIES:
         message = f"the worker running this job was lost {deliveries - 1} times"
-        finish(
-            task.app, job_id, job_type, "failed", error={"type": "WorkerLost", "message": message}
-        )
+        end("failed", error={"type": "WorkerLost", "message": message})
         return
 
     def progress(fraction: float, stage: str) -> None:
@@ -170,35 +170,47 @@ def run_job(
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Transient: the job store or broker went away. Try again later, with backoff.
         if task.request.retries >= MAX_TRANSIENT_RETRIES:
-            finish(task.app, job_id, job_type, "failed", error=_error(exc, "RedisUnavailable"))
+            end("failed", error=_error(exc, "RedisUnavailable"))
             return
         delay = min(2**task.request.retries, 60)
         with contextlib.suppress(redis.RedisError):
             store.transition(job_id, job_type, "retrying", stage=f"retrying in {delay}s: {exc}")
         raise task.retry(exc=exc, countdown=delay, max_retries=MAX_TRANSIENT_RETRIES) from exc
     except (MLError, ValidationError, ValueError) as exc:
-        finish(task.app, job_id, job_type, "failed", error=_error(exc))
+        end("failed", error=_error(exc))
     except SoftTimeLimitExceeded:
-        finish(task.app, job_id, job_type, "failed", error=_timeout(task))
+        end("failed", error=_timeout(task))
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        finish(task.app, job_id, job_type, "failed", error=_error(exc, "InternalError"))
+        end("failed", error=_error(exc, "InternalError"))
     else:
-        if finish(task.app, job_id, job_type, "succeeded", result=result, model_version=version):
+        if end("succeeded", result=result, model_version=version):
             seconds = time.perf_counter() - started
             log.info("job %s %s succeeded in %.3fs", job_id, job_type, seconds)
 
 
-def finish(app: Any, job_id: str, job_type: str, status: Status, **fields: Any) -> bool:
-    """Record a final state; queue the callback when the job has one. False: already final."""
+def finish(
+    app: Any,
+    job_id: str,
+    job_type: str,
+    status: Status,
+    *,
+    request: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Record a final state; queue the callback when the job has one. False: already final.
+
+    With the job's `request` at hand, a job without a callback costs no further read.
+    """
     if status == "succeeded":
         fields.update(progress=1.0, stage="done")
     fields.setdefault("stage", status)
     if not jobs().transition(job_id, job_type, status, **fields):
         return False
-    record = jobs().get(job_id)
-    if record is not None:
-        notify(app, record)
+    if request is None or request.get("callback_url"):
+        record = jobs().get(job_id)
+        if record is not None:
+            notify(app, record)
     return True
 
 
