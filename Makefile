@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality bench
+.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality bench load
 
 all: lint mypy test
 
@@ -55,6 +55,10 @@ bench-quality: install-dev
 ## BENCH_ARGS="--artifacts DIR --soak N --name NAME" (see python -m bench.run --help)
 bench: install-dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## load: mixed traffic at a fixed rate for two minutes with a retrain in the middle
+load: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.load $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
