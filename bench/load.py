@@ -32,6 +32,18 @@ def redis_state(stack: BenchStack) -> dict[str, Any]:
     }
 
 
+def final_status(http: Http, job_id: str, timeout: float) -> str:
+    """Long-poll a job until it is final; its status, or why it is not known."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, record = http.call("GET", f"/result/{job_id}?wait=30")
+        if status != 200:
+            return f"http {status}"
+        if record["status"] in ("succeeded", "failed", "cancelled"):
+            return str(record["status"])
+    return "not final"
+
+
 def run_load(stack: BenchStack, http: Http, rate: float, seconds: float) -> dict[str, Any]:
     """Send requests on a fixed schedule (open loop) from a pool of threads."""
     catalog = json.loads(stack.redis.get("mlstock:catalog") or "{}")
@@ -81,16 +93,10 @@ def run_load(stack: BenchStack, http: Http, rate: float, seconds: float) -> dict
     for t in threads:
         t.join(60)
     wall = time.perf_counter() - start
-    # Every accepted job is answered: wait for the last ones.
-    final = Counter()
-    for job_id in job_ids:
-        record = http.call("GET", f"/result/{job_id}?wait=30")[1]
-        final[record["status"] if record else "expired"] += 1
+    # Every accepted job is answered (records outlive the load: RESULT_TTL > duration).
     if retrain.get("job_id"):
-        record = http.call("GET", f"/result/{retrain['job_id']}?wait=30")[1]
-        while record["status"] not in ("succeeded", "failed", "cancelled"):
-            record = http.call("GET", f"/result/{retrain['job_id']}?wait=30")[1]
-        retrain["final"] = record["status"]
+        retrain["final"] = final_status(http, retrain["job_id"], timeout=900)
+    final: Counter[str] = Counter(final_status(http, job_id, timeout=60) for job_id in job_ids)
     errors = sum(v for k, v in codes.items() if not k.endswith((" 200", " 202", " 429", " 503")))
     return {
         "rate_per_s": rate,
@@ -109,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rate", type=float, default=20, help="requests per second")
     parser.add_argument("--seconds", type=float, default=120, help="duration of the load")
-    parser.add_argument("--result-ttl", type=int, default=30, help="RESULT_TTL of the stack")
+    parser.add_argument(
+        "--result-ttl", type=int, default=180, help="RESULT_TTL of the stack (> --seconds)"
+    )
     parser.add_argument("--artifacts", type=Path, help="a trained registry to copy and serve")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="mlstock-load-"))
