@@ -262,7 +262,9 @@ def _wait_ready(
         job_id = job_id or str(client.get(BOOTSTRAP_KEY) or "")
         record = JobStore(client, Settings()).get(job_id) if job_id else None
         if record is not None:
-            line = f"{record['status']} {record['progress']:.0%} {record['stage']}"
+            # A line per stage and per tenth of the way, not per percent.
+            step = int(10 * (record["progress"] or 0)) / 10
+            line = f"{record['status']} {step:.0%}+ {record['stage']}"
             if line != last:
                 say(f"training the first models (job {job_id}): {line}")
                 last = line

@@ -382,7 +382,11 @@ def train_and_register(
     previous = reg.current_version(name)
     prior = reg.load(name)[0] if previous and name == "segment" else None
     model, metrics = train_model(name, prices, params=params, progress=progress, previous=prior)
-    champion = reg.card(name, previous)["metrics"] if previous else None
+    champion_card = reg.card(name, previous) if previous else None
+    # Metrics on other data do not compare: a champion trained on another dataset is no
+    # yardstick, so the challenger then only has to pass the checks a first model passes.
+    same_data = champion_card is not None and champion_card["data_version"] == data_version
+    champion = champion_card["metrics"] if same_data and champion_card else None
     progress(0.95, "saving")
     card = reg.save(
         name,
@@ -399,6 +403,9 @@ def train_and_register(
         tolerance=settings().promotion_tolerance,
         coverage_band=settings().coverage_band,
     )
+    if champion_card is not None and not same_data:
+        old = champion_card["data_version"]
+        reason = f"trained on new data ({data_version}; the champion on {old}), {reason}"
     reg.record_decision(name, card["version"], promoted=promoted, reason=reason)
     return {
         "version": card["version"],
