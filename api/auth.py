@@ -37,7 +37,6 @@ PUBLIC_ENDPOINTS = {
 }
 #: POST endpoints a `submit` key may call; any other write needs `admin`.
 SUBMIT_ENDPOINTS = {"api.predict_price", "api.segment_alias"}
-SUBMIT_JOB_TYPES = {"predict", "segment"}
 
 
 class ApiKeyError(ValueError):

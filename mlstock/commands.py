@@ -14,11 +14,17 @@ from typing import Any, TypeVar
 
 import click
 
-from mlstock.client import DEFAULT_URL, Client, ClientError, Job, ValidationFailed, WaitTimeout
+from mlstock.client import (
+    DEFAULT_URL,
+    FORECAST_COLUMNS,
+    Client,
+    ClientError,
+    Job,
+    ValidationFailed,
+    WaitTimeout,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-FORECAST_HEADERS = ["ticker", "step", "date", "close", "lower_80", "upper_80", "lower_95",
-                    "upper_95"]  # fmt: skip
 
 
 def service_options(func: F) -> F:
@@ -140,7 +146,7 @@ def _wait(job: Job, timeout: float | None, *, progress: bool) -> Any:
 
 def _forecast_table(frame: Any) -> str:
     rows = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d")).to_dict("records")
-    return table(rows, FORECAST_HEADERS)
+    return table(rows, FORECAST_COLUMNS)
 
 
 def _print_segments(result: dict[str, Any]) -> None:

@@ -120,11 +120,6 @@ class ModelCache:
             self._derived[key] = (served, value)
         return value
 
-    def refused(self, name: str) -> str | None:
-        """Return why the current version of `name` was last refused, if it was."""
-        entry = self._refused.get(name)
-        return None if entry is None else str(entry[1])
-
     def _stamp(self, name: str, version: str | None) -> Stamp | None:
         if version is None:
             return None
