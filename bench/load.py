@@ -11,14 +11,13 @@ import json
 import random
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, BenchStack, Http, machine, summary
+from bench.run import RESULTS, BenchStack, Http, machine, new_stack, summary
 from mlstock.launcher import COMMANDS
 
 MIX = (("predict", 0.7), ("segment", 0.2), ("poll", 0.1))
@@ -94,9 +93,9 @@ def run_load(stack: BenchStack, http: Http, rate: float, seconds: float) -> dict
         t.join(60)
     wall = time.perf_counter() - start
     # Every accepted job is answered (records outlive the load: RESULT_TTL > duration).
+    final: Counter[str] = Counter(final_status(http, job_id, timeout=60) for job_id in job_ids)
     if retrain.get("job_id"):
         retrain["final"] = final_status(http, retrain["job_id"], timeout=900)
-    final: Counter[str] = Counter(final_status(http, job_id, timeout=60) for job_id in job_ids)
     errors = sum(v for k, v in codes.items() if not k.endswith((" 200", " 202", " 429", " 503")))
     return {
         "rate_per_s": rate,
@@ -120,15 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--artifacts", type=Path, help="a trained registry to copy and serve")
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="mlstock-load-"))
-    artifacts = root / "artifacts"
-    if args.artifacts is not None:
-        for part in ("models", "datasets"):
-            if (args.artifacts / part).exists():
-                shutil.copytree(args.artifacts / part, artifacts / part)
-    artifacts.mkdir(exist_ok=True)
-    stack = BenchStack(root, artifacts, args.result_ttl)
-    http = Http(stack.api_port)
+    stack, http = new_stack("mlstock-load-", args.artifacts, args.result_ttl)
+    root = stack.root
     result: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"artifacts": None}}
     try:
         stack.start_redis()

@@ -620,6 +620,19 @@ def table(r: dict[str, Any]) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
+def new_stack(prefix: str, trained: Path | None, result_ttl: int) -> tuple[BenchStack, Http]:
+    """Return a stack in a fresh work directory (serving a copy of `trained`, if given)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    artifacts = root / "artifacts"
+    if trained is not None:
+        for part in ("models", "datasets"):
+            if (trained / part).exists():
+                shutil.copytree(trained / part, artifacts / part)
+    artifacts.mkdir(exist_ok=True)
+    stack = BenchStack(root, artifacts, result_ttl)
+    return stack, Http(stack.api_port)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -633,15 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
-    root = Path(tempfile.mkdtemp(prefix="mlstock-bench-"))
-    artifacts = root / "artifacts"
-    if args.artifacts is not None:
-        for part in ("models", "datasets"):
-            if (args.artifacts / part).exists():
-                shutil.copytree(args.artifacts / part, artifacts / part)
-    artifacts.mkdir(exist_ok=True)
-    stack = BenchStack(root, artifacts, args.result_ttl)
-    http = Http(stack.api_port)
+    stack, http = new_stack("mlstock-bench-", args.artifacts, args.result_ttl)
+    root = stack.root
     r: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"artifacts": None}}
 
     def say(msg: str) -> None:
