@@ -254,6 +254,9 @@ def _predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
             )
     result = forecast_result(frame, served.version, req.horizon)
+    # What the forecast stands on: the model's training cut-off and the data it serves from.
+    result["trained_through"] = served.card.get("trained_through")
+    result["data_version"] = served.card.get("data_version")
     if req.history is not None:
         add_history(result, served.prices, req.history, as_of)
     return result, served.version

@@ -30,6 +30,8 @@ def test_predict_one_ticker(client: FlaskClient) -> None:
     [forecast] = record["result"]["forecasts"]
     assert forecast["ticker"] == ticker
     assert forecast["model_version"] == record["model_version"]
+    assert record["result"]["trained_through"] == forecast["last_date"]  # served from its data
+    assert len(record["result"]["data_version"]) == 16
     check_steps(forecast["steps"], 5)
     assert forecast["steps"][0]["date"] > forecast["last_date"]
     assert forecast["last_close"] > 0
