@@ -137,6 +137,12 @@ class FaultStack:
         raw = redis.Redis.from_url(self.redis_url).get("mlstock:catalog")
         return str(json.loads(raw or "{}")["forecast"]["tickers"][0])
 
+    def run_job(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Submit a job (asserting the 202) and return its record once it is final."""
+        status, _, job = self.http("POST", f"/jobs/{kind}", body)
+        assert status == 202, job
+        return self.settle([job["job_id"]], timeout)[job["job_id"]]
+
     def settle(self, job_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         """Wait until every job is final or `timeout` passes; return the last records."""
         records: dict[str, dict[str, Any]] = {}

@@ -203,13 +203,11 @@ def test_disk_full_during_retrain(fault_stack: FaultStack, figures: dict[str, An
     fs.start("worker-training", file_size_limit=256 * 1024)
     fs.wait_ready()
     before = ModelRegistry(fs.artifacts).current_version("forecast")
-    status, _, job = fs.http("POST", "/jobs/retrain", {"models": ["forecast"]})
-    record = fs.settle([job["job_id"]], 600)[job["job_id"]]
+    record = fs.run_job("retrain", {"models": ["forecast"]}, 600)
     assert record["status"] == "failed", record
     assert "File too large" in record["error"]["message"], record["error"]
     assert ModelRegistry(fs.artifacts).current_version("forecast") == before
-    status, _, pred = fs.http("POST", "/jobs/predict", {"ticker": fs.a_ticker(), "horizon": 2})
-    served = fs.settle([pred["job_id"]], 60)[pred["job_id"]]
+    served = fs.run_job("predict", {"ticker": fs.a_ticker(), "horizon": 2}, 60)
     assert served["status"] == "succeeded" and served["model_version"] == before
     _registry_sound(fs.artifacts)
     figures["disk_full_retrain"] = {"retrain": record["error"], "serving": served["status"]}
@@ -220,13 +218,11 @@ def test_job_over_its_time_limit_fails_with_timeout(
 ) -> None:
     fs = fault_stack
     start_all(fs, TRAINING_TIME_LIMIT="10")
-    status, _, job = fs.http("POST", "/jobs/retrain", {})
-    record = fs.settle([job["job_id"]], 120)[job["job_id"]]
+    record = fs.run_job("retrain", {}, 120)
     assert record["status"] == "failed", record
     assert record["error"]["type"] == "TimeLimitExceeded", record["error"]
     # The worker goes on: the next job runs.
-    status, _, job = fs.http("POST", "/jobs/retrain", {"models": ["segment"]})
-    after = fs.settle([job["job_id"]], 120)[job["job_id"]]
+    after = fs.run_job("retrain", {"models": ["segment"]}, 120)
     assert after["status"] == "succeeded", after
     figures["time_limit"] = {"error": record["error"], "next_job": after["status"]}
 
@@ -252,9 +248,7 @@ def test_redis_returns_to_baseline_after_retention(
     fig: dict[str, Any] = {"accepted": len(stream.accepted), "answered": answered}
     time.sleep(7)  # every record's TTL runs out
     # One more job trims the submit-time index of the expired ids.
-    status, _, job = fs.http("POST", "/jobs/predict", {"ticker": fs.a_ticker(), "horizon": 1})
-    assert status == 202
-    fs.settle([job["job_id"]], 60)
+    fs.run_job("predict", {"ticker": fs.a_ticker(), "horizon": 1}, 60)
     time.sleep(7)  # and its record expires too
     after_keys, index = client.dbsize(), client.zcard("mlstock:jobs")
     fig |= {
