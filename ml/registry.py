@@ -36,7 +36,7 @@ import pandas as pd
 import sklearn
 
 from ml.data import dataset_hash, read_prices_csv, tickers_of, to_csv_frame, validate_prices
-from ml.errors import ArtifactError, RegistryError
+from ml.errors import ArtifactError, MLError, RegistryError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _MODEL_VERSION = re.compile(r"^\d{8}T\d{12}Z$")
@@ -350,6 +350,22 @@ class ModelRegistry:
             return []
         found = [p.name for p in parent.iterdir() if _MODEL_VERSION.match(p.name) and p.is_dir()]
         return sorted(found, reverse=True)  # timestamps sort as text
+
+    def trained_through(self, name: str, cutoff: str) -> str | None:
+        """Return the version of ``name`` trained on the latest data through ``cutoff``
+        (an ISO date; the newest such version on a tie), or None if every version saw
+        later data. A point-in-time forecast as of ``cutoff`` may use it: it saw nothing
+        after that day's close."""
+        best: tuple[str, str] | None = None
+        for version in self.versions(name):
+            try:
+                through = self.card(name, version).get("trained_through")
+            except MLError:
+                continue  # a card being written or removed: not a candidate
+            if isinstance(through, str) and through <= cutoff:
+                if best is None or (through, version) > best:
+                    best = (through, version)
+        return None if best is None else best[1]
 
     def names(self) -> list[str]:
         """Return the names of models with at least one stored version."""

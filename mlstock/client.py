@@ -385,10 +385,17 @@ class Client:
         return self.submit("segment", body, idempotency_key=idempotency_key)
 
     def retrain(
-        self, models: Sequence[str] | None = None, *, idempotency_key: str | None = None
+        self,
+        models: Sequence[str] | None = None,
+        *,
+        through: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
-        """Retrain some models (none: all of them)."""
-        body = {} if models is None else {"models": list(models)}
+        """Retrain some models (none: all of them); `through` (YYYY-MM-DD) trains on prices
+        through that day only, a point-in-time model for replays that is never promoted."""
+        body: dict[str, Any] = {} if models is None else {"models": list(models)}
+        if through is not None:
+            body["through"] = through
         return self.submit("retrain", body, idempotency_key=idempotency_key)
 
     def result(self, job_id: str, wait: float = 0) -> dict[str, Any]:

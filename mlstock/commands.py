@@ -222,14 +222,22 @@ def register(main: click.Group) -> None:
     @main.command()
     @click.option("--model", "models", multiple=True, type=click.Choice(["forecast", "segment"]),
                   help="Model to retrain (repeat; default: all).")  # fmt: skip
+    @click.option("--through", default=None, metavar="YYYY-MM-DD",
+                  help="Train on prices through this day only: a point-in-time model "
+                  "for replays (`predict --as-of`), never promoted.")  # fmt: skip
     @click.option("--wait/--no-wait", default=False, help="Show progress until it ends.")
     @click.option("--timeout", default=None, type=float, help="Seconds to wait (default: ever).")
     @service_options
     def retrain(
-        client: Client, as_json: bool, models: tuple[str, ...], wait: bool, timeout: float | None
+        client: Client,
+        as_json: bool,
+        models: tuple[str, ...],
+        through: str | None,
+        wait: bool,
+        timeout: float | None,
     ) -> None:
         """Retrain the models; each new version is promoted only if it passes the gate."""
-        job = client.retrain(list(models) or None)
+        job = client.retrain(list(models) or None, through=through)
         if not wait:
             return _submitted(job, as_json)
         result = _wait(job, timeout, progress=not as_json)

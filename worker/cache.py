@@ -18,6 +18,8 @@ from ml.registry import DatasetStore, ModelRegistry
 log = logging.getLogger(__name__)
 #: What identifies the bytes a model was loaded from: version, file size and mtime.
 Stamp = tuple[str, int, int]
+#: Versions other than the current one kept loaded for point-in-time forecasts.
+PINNED_KEEP = 2
 T = TypeVar("T")
 
 
@@ -58,6 +60,8 @@ class ModelCache:
         self._stamps: dict[str, Stamp] = {}
         self._refused: dict[str, tuple[Stamp, MLError]] = {}
         self._derived: dict[str, tuple[Served, Any]] = {}
+        self._as_of: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._pinned: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Served:
@@ -106,6 +110,36 @@ class ModelCache:
                 "loaded model %s %s (load %d of this process)", name, served.version, self.loads
             )
             return served
+
+    def as_of(self, name: str, day: str, current: Served) -> Served:
+        """Return the version of `name` trained on the latest data through `day` (an ISO
+        date), serving `current`'s prices; `current` itself when no version is that old.
+
+        The lookup reads every card, so it is kept per day for `check_interval`; loaded
+        versions are kept, the `PINNED_KEEP` most recently used.
+        """
+        with self._lock:
+            now = time.monotonic()
+            held = self._as_of.get((name, day))
+            if held is None or now - held[0] >= self.check_interval:
+                if len(self._as_of) >= 1024:
+                    self._as_of.clear()
+                held = (now, self.registry.trained_through(name, day))
+                self._as_of[(name, day)] = held
+            version = held[1]
+            if version is None or version == current.version:
+                return current
+            key = (name, version)
+            pinned = self._pinned.pop(key, None)
+            if pinned is None:
+                model, card = self.registry.load(name, version)
+                pinned = (model, card)
+                self.loads += 1
+                log.info("loaded model %s %s for a point-in-time forecast", name, version)
+            self._pinned[key] = pinned  # most recently used last
+            while len(self._pinned) > PINNED_KEEP:
+                self._pinned.pop(next(iter(self._pinned)))
+            return Served(pinned[0], pinned[1], current.prices)
 
     def derived(self, key: str, served: Served, make: Callable[[Served], T]) -> T:
         """Return `make(served)`, computed once per loaded model (e.g. the latest features

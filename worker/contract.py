@@ -203,6 +203,11 @@ class RetrainRequest(_Request):
     """Retrain some or all models on the training dataset."""
 
     models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1)
+    through: date | None = Field(
+        None,
+        description="Train on prices through this date only: a point-in-time model that "
+        "forecasts `as_of` later dates replay; it is kept, never promoted by the gate.",
+    )
 
     @field_validator("models")
     @classmethod

@@ -237,6 +237,7 @@ def _predict(
     req: PredictRequest, progress: Callable[[float, str], None]
 ) -> tuple[dict[str, Any], str]:
     served = models().get("forecast")
+    current_data_version = served.card.get("data_version")
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
@@ -250,13 +251,19 @@ def _predict(
                 latest, tickers=req.subject_tickers(), horizon=req.horizon
             )
         else:
+            # A replay: the model trained on the latest data through `as_of`, if any.
+            served = models().as_of("forecast", as_of.date().isoformat(), served)
             frame = served.model.predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
             )
     result = forecast_result(frame, served.version, req.horizon)
     # What the forecast stands on: the model's training cut-off and the data it serves from.
-    result["trained_through"] = served.card.get("trained_through")
-    result["data_version"] = served.card.get("data_version")
+    trained_through = served.card.get("trained_through")
+    result["trained_through"] = trained_through
+    result["data_version"] = current_data_version
+    if req.as_of is not None:
+        # True when the model saw no price after `as_of`: a faithful replay of that day.
+        result["point_in_time"] = trained_through is not None and trained_through <= str(req.as_of)
     if req.history is not None:
         add_history(result, served.prices, req.history, as_of)
     return result, served.version
@@ -317,6 +324,10 @@ def _retrain_locked(
 ) -> tuple[dict[str, Any], None]:
     progress(0.0, "loading data")
     prices, data_version = training_data(settings(), datasets())
+    if req.through is not None:
+        prices = prices[prices["date"] <= pd.Timestamp(req.through)].reset_index(drop=True)
+        if prices.empty:
+            raise ValueError(f"the training data has no prices through {req.through}")
     reg = registry()
     # A staging folder older than the longest training was left by a killed one.
     reg.cleanup_tmp(min_age_seconds=settings().training_time_limit)
@@ -327,7 +338,9 @@ def _retrain_locked(
         def step(fraction: float, stage: str, i: int = i, name: str = name) -> None:
             progress((i + fraction) / n, f"{name}: {stage}")
 
-        out["models"][name] = train_and_register(reg, name, prices, data_version, step)
+        out["models"][name] = train_and_register(
+            reg, name, prices, data_version, step, point_in_time=req.through is not None
+        )
     publish_catalog()
     return out, None
 
@@ -379,8 +392,13 @@ def train_and_register(
     prices: pd.DataFrame,
     data_version: str,
     progress: Callable[[float, str], None],
+    *,
+    point_in_time: bool = False,
 ) -> dict[str, Any]:
-    """Train model `name`, save it as a new version, promote it if it passes the gate."""
+    """Train model `name`, save it as a new version, promote it if it passes the gate.
+
+    A `point_in_time` model (trained on a cut of the data) is kept for replays only.
+    """
     params = {"horizon": settings().max_horizon} if name == "forecast" else None
     previous = reg.current_version(name)
     prior = reg.load(name)[0] if previous and name == "segment" else None
@@ -406,7 +424,11 @@ def train_and_register(
         tolerance=settings().promotion_tolerance,
         coverage_band=settings().coverage_band,
     )
-    if champion_card is not None and not same_data:
+    if point_in_time:
+        promoted = False
+        through = card["trained_through"]
+        reason = f"point-in-time model for replays (data through {through}); gate: {reason}"
+    elif champion_card is not None and not same_data:
         old = champion_card["data_version"]
         reason = f"trained on new data ({data_version}; the champion on {old}), {reason}"
     reg.record_decision(name, card["version"], promoted=promoted, reason=reason)
