@@ -14,15 +14,29 @@ from ml.registry import DatasetStore, ModelRegistry, atomic_write
 MODEL = {"weights": [1, 2, 3]}  # any picklable object stands in for a model
 
 
-def _save(registry: ModelRegistry, name: str = "forecast") -> dict[str, object]:
+def _save(
+    registry: ModelRegistry, name: str = "forecast", through: str = "2025-12-31"
+) -> dict[str, object]:
     return registry.save(
         name,
         MODEL,
         metrics={"mae": 0.1},
         params={"p": 1},
         data_version="abc",
-        trained_through="2025-12-31",
+        trained_through=through,
     )
+
+
+def test_the_version_for_a_point_in_time_saw_no_later_data(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    cuts = ["2025-06-30", "2025-09-30", "2025-09-30", "2025-12-31"]
+    versions = [str(_save(registry, through=cut)["version"]) for cut in cuts]
+    assert registry.trained_through("forecast", "2025-06-29") is None
+    assert registry.trained_through("forecast", "2025-06-30") == versions[0]
+    assert registry.trained_through("forecast", "2025-09-29") == versions[0]
+    assert registry.trained_through("forecast", "2025-10-15") == versions[2]  # newest of a tie
+    assert registry.trained_through("forecast", "2026-01-05") == versions[3]
+    assert registry.trained_through("segment", "2026-01-05") is None
 
 
 def test_save_promote_load_round_trip(tmp_path: Path) -> None:
