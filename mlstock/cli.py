@@ -17,17 +17,21 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", envvar="HOST", default="127.0.0.1", show_default=True, help="API address.")
-@click.option("--port", envvar="PORT", default=8000, show_default=True, type=int, help="API port.")
+@click.option("--host", default=None, help="API address  [default: HOST, else 127.0.0.1]")
+@click.option("--port", default=None, type=int, help="API port  [default: PORT, else 8000]")
 @click.option("--flower", is_flag=True, help="Also run Flower on port 5555.")
-def up(host: str, port: int, flower: bool) -> None:
-    """Run Redis (unless REDIS_URL is set), the API, both workers and beat until Ctrl-C."""
+def up(host: str | None, port: int | None, flower: bool) -> None:
+    """Run Redis (unless REDIS_URL is set), the API, both workers and beat until Ctrl-C.
+
+    Settings come from the environment and `.env`, as for every process of the service.
+    """
     from mlstock.launcher import up as run_stack
 
     if flower and importlib.util.find_spec("flower") is None:
         click.echo("error: Flower is not installed: pip install -e '.[flower]'", err=True)
         sys.exit(1)
-    sys.exit(run_stack(host, port, flower=flower))
+    conf = Settings()
+    sys.exit(run_stack(conf, host or conf.host, port or conf.port, flower=flower))
 
 
 @main.command(name="import")

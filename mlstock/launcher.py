@@ -178,13 +178,19 @@ def child_env(host: str, port: int, artifacts: Path) -> dict[str, str]:
     return env
 
 
-def up(host: str, port: int, *, flower: bool = False, ready_timeout: float = 900) -> int:
-    """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
+def up(
+    conf: Settings, host: str, port: int, *, flower: bool = False, ready_timeout: float = 900
+) -> int:
+    """Run the stack until Ctrl-C or SIGTERM; return the exit status.
+
+    A REDIS_URL set in the environment or `.env` names the Redis to use; without one the
+    stack starts its own.
+    """
 
     def say(msg: str) -> None:
         print(f"mlstock: {msg}", flush=True)
 
-    artifacts = Path(os.environ.get("ARTIFACTS_DIR", "artifacts")).resolve()
+    artifacts = conf.artifacts_dir.resolve()
     logs = artifacts / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = child_env(host, port, artifacts)
@@ -197,7 +203,8 @@ def up(host: str, port: int, *, flower: bool = False, ready_timeout: float = 900
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if "REDIS_URL" in os.environ:
+        if "redis_url" in conf.model_fields_set:
+            env["REDIS_URL"] = conf.redis_url
             wait_for_redis(env["REDIS_URL"], timeout=5)
             say(f"using Redis at {env['REDIS_URL']}")
         else:
