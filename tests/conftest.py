@@ -18,8 +18,17 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from mlstock.launcher import COMMANDS
-from tests.procs import WEBHOOK, service_env, start, start_redis, stop
+from tests.procs import (
+    WEBHOOK,
+    served_catalog,
+    served_tickers,
+    service_env,
+    start,
+    start_redis,
+    stop,
+)
 from worker.config import Settings
+from worker.contract import CATALOG_KEY
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stocks_daily.csv.gz"
 FIRST_TRAINING_TIMEOUT = 300
@@ -47,6 +56,14 @@ class Stack:
     def log(self, name: str) -> str:
         """Return a process's log text."""
         return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def catalog(self) -> dict[str, Any]:
+        """Return the catalog the workers publish."""
+        return served_catalog(self.redis_url)
+
+    def tickers(self) -> list[str]:
+        """Return the tickers the served forecast model knows."""
+        return served_tickers(self.redis_url)
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +95,7 @@ def _wait_for_models(st: Stack) -> None:
         for name, proc in st.procs.items():
             if proc.poll() is not None or "Traceback" in st.log(name):
                 raise RuntimeError(f"{name} failed:\n{st.log(name)[-3000:]}")
-        raw = client.get("mlstock:catalog")
+        raw = client.get(CATALOG_KEY)
         if raw and {"forecast", "segment"} <= set(json.loads(raw)):
             return
         time.sleep(0.5)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from mlstock.launcher import THREAD_CAPS, free_port, redis_server_binary
 from worker.config import Settings
+from worker.contract import CATALOG_KEY
 
 BIN = Path(sys.executable).parent
 #: Every process of the suite signs and verifies model artifacts with this key.
@@ -84,3 +87,23 @@ def service_env(redis_url: str, artifacts: Path, **extra: str) -> dict[str, str]
     env.update({"REDIS_URL": redis_url, "ARTIFACTS_DIR": str(artifacts), **extra})
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     return env
+
+
+def served_catalog(redis_url: str, timeout: float = 30) -> dict[str, Any]:
+    """Return the catalog the workers publish (each model's tickers and features),
+    waiting up to `timeout` s for the first one."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while (raw := client.get(CATALOG_KEY)) is None:
+            assert time.monotonic() < deadline, "no catalog published"
+            time.sleep(0.2)
+    finally:
+        client.close()
+    catalog: dict[str, Any] = json.loads(raw)
+    return catalog
+
+
+def served_tickers(redis_url: str) -> list[str]:
+    """Return the tickers the served forecast model knows."""
+    return [str(t) for t in served_catalog(redis_url)["forecast"]["tickers"]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -76,10 +75,7 @@ def test_segment_covers_every_ticker(client: FlaskClient, stack: Stack) -> None:
     record = run(client, "/jobs/segment", {})
     assert record["status"] == "succeeded", record["error"]
     result = record["result"]
-    served = json.loads(redis.Redis.from_url(stack.redis_url).get("mlstock:catalog"))
-    assert sorted(a["ticker"] for a in result["assignments"]) == sorted(
-        served["forecast"]["tickers"]
-    )
+    assert sorted(a["ticker"] for a in result["assignments"]) == sorted(stack.tickers())
     segments = {s["segment"]: s for s in result["segments"]}
     assert len(segments) >= 2
     assert sum(s["size"] for s in segments.values()) == len(result["assignments"])
@@ -88,8 +84,7 @@ def test_segment_covers_every_ticker(client: FlaskClient, stack: Stack) -> None:
 
 
 def test_segment_rows_of_features(client: FlaskClient, stack: Stack) -> None:
-    served = json.loads(redis.Redis.from_url(stack.redis_url).get("mlstock:catalog"))
-    width = len(served["segment"]["features"])
+    width = len(stack.catalog()["segment"]["features"])
     record = run(client, "/jobs/segment", {"data": [[0.1] * width, [0.5] * width]})
     assert record["status"] == "succeeded", record["error"]
     assert [a["row"] for a in record["result"]["assignments"]] == [0, 1]
@@ -103,8 +98,7 @@ def test_legacy_aliases_enqueue_the_same_jobs(client: FlaskClient, stack: Stack)
     record = wait(client, resp.get_json()["job_id"])
     assert record["type"] == "predict" and record["status"] == "succeeded", record["error"]
     check_steps(record["result"]["forecasts"][0]["steps"], 5)
-    served = json.loads(redis.Redis.from_url(stack.redis_url).get("mlstock:catalog"))
-    width = len(served["segment"]["features"])
+    width = len(stack.catalog()["segment"]["features"])
     resp = client.post("/segment", json={"data": [[0.2] * width]})
     assert resp.status_code == 202
     record = wait(client, resp.get_json()["job_id"])

@@ -27,11 +27,6 @@ from worker.lifecycle import sign
 pytestmark = pytest.mark.integration
 
 
-def a_ticker(stack: Stack) -> str:
-    catalog = json.loads(redis.Redis.from_url(stack.redis_url).get("mlstock:catalog") or "{}")
-    return str(catalog["forecast"]["tickers"][0])
-
-
 def versions(stack: Stack, name: str) -> set[str]:
     folder = Path(stack.artifacts) / "models" / name
     return {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
@@ -48,7 +43,7 @@ def wait_for(predicate: Any, timeout: float = 120, every: float = 0.1) -> Any:
 
 
 def test_jobs_lists_newest_first_with_filters_and_pages(client: FlaskClient, stack: Stack) -> None:
-    ticker = a_ticker(stack)
+    ticker = stack.tickers()[0]
     ids = [submit(client, "/jobs/predict", {"ticker": ticker, "horizon": 1}) for _ in range(3)]
     for job_id in ids:
         wait(client, job_id)
@@ -68,7 +63,7 @@ def test_jobs_lists_newest_first_with_filters_and_pages(client: FlaskClient, sta
 
 
 def test_wait_returns_as_soon_as_the_job_ends(client: FlaskClient, stack: Stack) -> None:
-    job_id = submit(client, "/jobs/predict", {"ticker": a_ticker(stack), "horizon": 5})
+    job_id = submit(client, "/jobs/predict", {"ticker": stack.tickers()[0], "horizon": 5})
     started = time.monotonic()
     record = client.get(f"/result/{job_id}?wait=25").get_json()
     held = time.monotonic() - started
@@ -78,7 +73,7 @@ def test_wait_returns_as_soon_as_the_job_ends(client: FlaskClient, stack: Stack)
 
 
 def test_idempotency_key_returns_the_same_job(client: FlaskClient, stack: Stack) -> None:
-    body = {"ticker": a_ticker(stack), "horizon": 2}
+    body = {"ticker": stack.tickers()[0], "horizon": 2}
     headers = {"Idempotency-Key": f"order-{time.time()}"}
     first = client.post("/jobs/predict", json=body, headers=headers)
     again = client.post("/jobs/predict", json=body, headers=headers)
@@ -145,7 +140,7 @@ def test_cancel_a_running_retrain_at_a_checkpoint(client: FlaskClient, stack: St
 
 
 def test_a_late_duplicate_delivery_changes_nothing(client: FlaskClient, stack: Stack) -> None:
-    body = {"ticker": a_ticker(stack), "horizon": 1}
+    body = {"ticker": stack.tickers()[0], "horizon": 1}
     record = run(client, "/jobs/predict", body)
     celery = create_celery(stack.settings())
     celery.send_task("worker.predict", kwargs={"request": body}, task_id=record["job_id"])
@@ -216,7 +211,7 @@ def test_callback_receives_the_signed_final_record(
 ) -> None:
     url, received = receiver
     job_id = submit(
-        client, "/jobs/predict", {"ticker": a_ticker(stack), "horizon": 2, "callback_url": url}
+        client, "/jobs/predict", {"ticker": stack.tickers()[0], "horizon": 2, "callback_url": url}
     )
     wait(client, job_id)
     wait_for(lambda: received, timeout=30)
@@ -230,7 +225,7 @@ def test_callback_receives_the_signed_final_record(
 
 def test_callback_url_must_be_public_unless_allowed(stack: Stack) -> None:
     strict = create_app(stack.settings(webhook_allow_private=False)).test_client()
-    body = {"ticker": a_ticker(stack), "callback_url": "http://127.0.0.1:9/hook"}
+    body = {"ticker": stack.tickers()[0], "callback_url": "http://127.0.0.1:9/hook"}
     resp = strict.post("/jobs/predict", json=body)
     assert resp.status_code == 422
     assert resp.get_json()["errors"][0]["field"] == "callback_url"

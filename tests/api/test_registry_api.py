@@ -12,17 +12,8 @@ from tests.registry_helpers import copy_version, flip_byte, listing, set_card, w
 pytestmark = pytest.mark.integration
 
 
-def _ticker(stack: Stack) -> str:
-    import json
-
-    import redis
-
-    served = json.loads(redis.Redis.from_url(stack.redis_url).get("mlstock:catalog") or "{}")
-    return str(served["forecast"]["tickers"][0])
-
-
 def _predict_version(client: FlaskClient, stack: Stack) -> str:
-    record = run(client, "/jobs/predict", {"ticker": _ticker(stack), "horizon": 2})
+    record = run(client, "/jobs/predict", {"ticker": stack.tickers()[0], "horizon": 2})
     assert record["status"] == "succeeded", record["error"]
     return str(record["model_version"])
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from mlstock.launcher import free_port
-from tests.client.test_client import served_tickers
 from tests.conftest import Stack
 from tests.served import Served, api_server  # noqa: F401 (fixture)
 
@@ -28,7 +27,7 @@ def cli(url: str, *args: str, timeout: float = 180) -> subprocess.CompletedProce
 
 
 def test_predict_wait_prints_a_table(api_server: Served, stack: Stack) -> None:  # noqa: F811
-    ticker = served_tickers(stack)[0]
+    ticker = stack.tickers()[0]
     out = cli(api_server.url, "predict", ticker, "--horizon", "5", "--wait")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -43,7 +42,7 @@ def test_predict_wait_prints_a_table(api_server: Served, stack: Stack) -> None: 
 
 
 def test_json_output_and_the_other_commands(api_server: Served, stack: Stack) -> None:  # noqa: F811
-    ticker = served_tickers(stack)[1]
+    ticker = stack.tickers()[1]
     out = cli(api_server.url, "predict", ticker, "--json")
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["job_id"]
@@ -76,7 +75,7 @@ def test_errors_are_one_line_and_exit_1(api_server: Served, stack: Stack) -> Non
     cases = [
         (api_server.url, ["predict", "NO_SUCH", "--wait"], "error: invalid request: ticker:"),
         (api_server.url, ["result", "nope"], "error: 404 Job not found"),
-        (api_server.url, ["predict", served_tickers(stack)[0], "--horizon", "0"],
+        (api_server.url, ["predict", stack.tickers()[0], "--horizon", "0"],
          "error: invalid request: horizon:"),
         (f"http://127.0.0.1:{free_port()}", ["jobs"], "error: cannot reach"),
     ]  # fmt: skip

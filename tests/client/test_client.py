@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pandas as pd
 import pytest
-import redis
 
 from mlstock.client import (
     FORECAST_COLUMNS,
@@ -31,17 +29,6 @@ from tests.served import Served, api_server  # noqa: F401 (fixture)
 pytestmark = pytest.mark.integration
 
 
-def served_tickers(stack: Stack) -> list[str]:
-    """Return the tickers the workers serve."""
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        raw = client.get("mlstock:catalog")
-    finally:
-        client.close()
-    assert raw
-    return list(json.loads(raw)["forecast"]["tickers"])
-
-
 @pytest.fixture
 def api(api_server: Served) -> Iterator[Client]:  # noqa: F811
     with Client(api_server.url) as client:
@@ -49,7 +36,7 @@ def api(api_server: Served) -> Iterator[Client]:  # noqa: F811
 
 
 def test_predict_wait_returns_a_forecast_frame(api: Client, stack: Stack) -> None:
-    ticker = served_tickers(stack)[0]
+    ticker = stack.tickers()[0]
     job = api.predict(ticker, horizon=5)
     assert job.status == "queued" and job.type == "predict"
     frame = job.wait(timeout=60)
@@ -64,7 +51,7 @@ def test_predict_wait_returns_a_forecast_frame(api: Client, stack: Stack) -> Non
 
 
 def test_several_tickers_as_of_and_segment(api: Client, stack: Stack) -> None:
-    some = served_tickers(stack)[:3]
+    some = stack.tickers()[:3]
     frame = api.predict(some, horizon=2, as_of="2025-06-02").wait(timeout=60)
     assert list(frame["ticker"].unique()) == some and len(frame) == 6
     assert all(v["date"] <= "2025-06-02" for v in frame.attrs["last"].values())
@@ -74,7 +61,7 @@ def test_several_tickers_as_of_and_segment(api: Client, stack: Stack) -> None:
 
 
 def test_jobs_result_and_cancel(api: Client, stack: Stack) -> None:
-    job = api.predict(served_tickers(stack)[0], horizon=1)
+    job = api.predict(stack.tickers()[0], horizon=1)
     job.wait(timeout=60)
     listed = api.jobs(type="predict", limit=5)["jobs"]
     assert job.id in [j["job_id"] for j in listed]
@@ -100,7 +87,7 @@ def test_errors_are_typed(api: Client) -> None:
 
 def test_a_failed_job_raises_job_failed(api: Client, stack: Stack) -> None:
     # History through 1990 is far too short for the model's feature windows.
-    job = api.predict(served_tickers(stack)[0], horizon=2, as_of="1990-01-02")
+    job = api.predict(stack.tickers()[0], horizon=2, as_of="1990-01-02")
     with pytest.raises(JobFailed) as info:
         job.wait(timeout=60)
     assert info.value.record["status"] == "failed"
@@ -145,7 +132,7 @@ def test_problem_statuses_map_to_errors() -> None:
 
 
 def test_predict_history_is_opt_in(api: Client, stack: Stack) -> None:
-    ticker = served_tickers(stack)[0]
+    ticker = stack.tickers()[0]
     plain = api.predict(ticker, horizon=1)
     plain.wait(timeout=60)
     assert "history" not in plain.record["result"]["forecasts"][0]

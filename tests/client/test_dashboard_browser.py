@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from tests.client.test_client import served_tickers
 from tests.conftest import Stack
 from tests.registry_helpers import copy_version
 from tests.served import Served, api_server  # noqa: F401 (fixture)
@@ -38,7 +37,7 @@ def chromium() -> str:
 def test_predict_through_the_form_shows_the_bands(api_server: Served, stack: Stack) -> None:  # noqa: F811
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
     browser_path = chromium()
-    ticker = served_tickers(stack)[0]
+    ticker = stack.tickers()[0]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)

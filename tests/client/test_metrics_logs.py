@@ -10,7 +10,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlstock.client import Client
-from tests.client.test_client import served_tickers
 from tests.conftest import Stack
 from tests.served import Served, api_server  # noqa: F401 (fixture)
 
@@ -35,23 +34,25 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 def test_metrics_count_jobs(api_server: Served, stack: Stack) -> None:  # noqa: F811
     before = scrape(api_server.url)
-    tickers = served_tickers(stack)
+    tickers = stack.tickers()
     with Client(api_server.url) as api:
         for ticker in tickers[:3]:
             api.predict(ticker, horizon=2).wait(timeout=60)
         api.segment(tickers[:2]).wait(timeout=60)
-    # The worker counts a job just after it records it final: allow it a moment.
-    deadline = time.monotonic() + 10
-    while True:
-        after = scrape(api_server.url)
-        done = value(after, "mlstock_jobs_finished_total", type="predict", status="succeeded")
-        if done - value(before, "mlstock_jobs_finished_total", type="predict",
-                        status="succeeded") >= 3 or time.monotonic() > deadline:  # fmt: skip
-            break
-        time.sleep(0.2)
+    after = before
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
+
+    # The worker counts a job just after it records it final: allow it a moment.
+    deadline = time.monotonic() + 10
+    finished = "mlstock_jobs_finished_total"
+    while time.monotonic() < deadline:
+        after = scrape(api_server.url)
+        predicts = moved(finished, type="predict", status="succeeded")
+        if predicts >= 3 and moved(finished, type="segment", status="succeeded") >= 1:
+            break
+        time.sleep(0.2)
 
     assert moved("mlstock_jobs_submitted_total", type="predict") == 3
     assert moved("mlstock_jobs_submitted_total", type="segment") == 1
@@ -78,7 +79,7 @@ def test_a_predict_jobs_id_is_in_the_api_and_worker_logs(
     stack: Stack,
 ) -> None:
     with Client(api_server.url) as api:
-        job = api.predict(served_tickers(stack)[0], horizon=1)
+        job = api.predict(stack.tickers()[0], horizon=1)
         job.wait(timeout=60)
     deadline = time.monotonic() + 10
 

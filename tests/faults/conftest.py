@@ -22,7 +22,7 @@ import redis
 
 from mlstock.launcher import COMMANDS, free_port, redis_server_binary
 from tests.conftest import Stack
-from tests.procs import service_env, start, stop
+from tests.procs import served_tickers, service_env, start, stop
 
 FINAL = ("succeeded", "failed", "cancelled")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults.json"
@@ -134,8 +134,7 @@ class FaultStack:
 
     def a_ticker(self) -> str:
         """Return a ticker the served model knows."""
-        raw = redis.Redis.from_url(self.redis_url).get("mlstock:catalog")
-        return str(json.loads(raw or "{}")["forecast"]["tickers"][0])
+        return served_tickers(self.redis_url)[0]
 
     def run_job(self, kind: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Submit a job (asserting the 202) and return its record once it is final."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,8 +11,7 @@ from threadpoolctl import threadpool_limits
 from ml.data import read_prices_csv, synthetic_market
 from ml.forecast import Forecaster
 from ml.segment import Segmenter
-
-REAL_DATA = Path(__file__).parents[3] / "shared" / "data" / "real_stocks_daily.csv.gz"
+from tests.conftest import REAL_DATA
 
 
 @pytest.fixture(scope="session", autouse=True)

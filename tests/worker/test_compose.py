@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from mlstock.launcher import COMMANDS, free_port
 from tests.conftest import Stack
-from tests.procs import service_env, start, stop
+from tests.procs import served_tickers, service_env, start, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -90,7 +89,7 @@ def test_compose_commands_complete_a_job(stack: Stack, tmp_path: Path) -> None:
             time.sleep(0.5)
         assert status == 200, body
         status, job = http(
-            "POST", base + "/jobs/predict", {"ticker": _a_ticker(redis_url), "horizon": 3}
+            "POST", base + "/jobs/predict", {"ticker": served_tickers(redis_url)[0], "horizon": 3}
         )
         assert status == 202, job
         record: dict[str, Any] = {}
@@ -116,14 +115,3 @@ def test_compose_commands_complete_a_job(stack: Stack, tmp_path: Path) -> None:
             stop(proc)
         for name in procs:
             print(f"--- {name}\n" + (tmp_path / f"{name}.log").read_text()[-1500:])
-
-
-def _a_ticker(redis_url: str) -> str:
-    r = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        raw = r.get("mlstock:catalog")
-        if raw:
-            return str(json.loads(raw)["forecast"]["tickers"][0])
-        time.sleep(0.2)
-    raise AssertionError("no catalog published")
