@@ -96,14 +96,16 @@ def wait_for_redis(url: str, timeout: float) -> None:
             client.close()
 
 
-def http_json(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None, *, timeout: float = 10
+) -> tuple[int, Any]:
     """Send a JSON request; return (status, parsed body)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")

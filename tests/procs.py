@@ -14,7 +14,13 @@ from typing import Any
 
 import redis
 
-from mlstock.launcher import THREAD_CAPS, free_port, redis_server_binary
+from mlstock.launcher import (
+    THREAD_CAPS,
+    LaunchError,
+    free_port,
+    redis_server_binary,
+    wait_for_redis,
+)
 from worker.config import Settings
 from worker.contract import CATALOG_KEY
 
@@ -51,29 +57,30 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     proc.wait()
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a throwaway redis-server on a free loopback port; return it and its URL."""
-    port = free_port()
+def start_redis(
+    workdir: Path, *, port: int | None = None, append_only: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a redis-server on a loopback port (default: a free one), keeping its files
+    and log in `workdir`; with `append_only`, as compose and `mlstock up` run it (so it
+    keeps its data across a restart). Return it and its URL."""
+    port = port or free_port()
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "everysec"]
+        if append_only
+        else ["--appendonly", "no"]
+    )
     proc = start(
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+         "--dir", str(workdir), *persistence],
         dict(os.environ),
         workdir / "redis.log",
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server did not start: {(workdir / 'redis.log').read_text()}"
-                ) from None
-            time.sleep(0.05)
-    client.close()
+    try:
+        wait_for_redis(url, timeout=20)
+    except LaunchError as exc:
+        log = (workdir / "redis.log").read_text()
+        raise RuntimeError(f"redis-server did not start: {log}") from exc
     return proc, url
 
 

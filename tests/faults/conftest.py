@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from mlstock.launcher import COMMANDS, free_port, redis_server_binary
+from mlstock.launcher import COMMANDS, free_port
 from tests.conftest import Stack
-from tests.procs import served_tickers, service_env, start, stop
+from tests.procs import served_tickers, service_env, start_redis, stop
 
 FINAL = ("succeeded", "failed", "cancelled")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults.json"
@@ -46,22 +45,7 @@ class FaultStack:
         """Start Redis with an append-only file, as compose and `mlstock up` run it."""
         data = self.root / "redis"
         data.mkdir(exist_ok=True)
-        self.redis_proc = start(
-            [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", ""],
-            dict(os.environ),
-            self.root / "redis.log",
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.redis_url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
+        self.redis_proc, _ = start_redis(data, port=self.redis_port, append_only=True)
 
     def stop_redis(self) -> None:
         """Stop Redis the clean way (SIGTERM: it flushes the append-only file)."""

@@ -3,18 +3,16 @@ they complete a job when run here (no Docker engine needed)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from mlstock.launcher import COMMANDS, free_port
+from mlstock.launcher import COMMANDS, free_port, http_json
 from tests.conftest import Stack
 from tests.procs import served_tickers, service_env, start, stop
 
@@ -23,15 +21,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(method, url, body, timeout=30)
 
 
 def test_compose_commands_are_the_launchers() -> None:
