@@ -59,6 +59,7 @@ from worker.contract import (
     now_iso,
     validation_context,
 )
+from worker.ledger import Ledger
 from worker.lifecycle import (
     JobCancelled,
     lock_key,
@@ -122,6 +123,12 @@ def datasets() -> DatasetStore:
 def models() -> ModelCache:
     """Return this process's model cache."""
     return ModelCache(registry(), datasets())
+
+
+@cache
+def ledger() -> Ledger:
+    """Return this process's ledger of served forecasts, its writer thread started."""
+    return Ledger(redis_client, settings().ledger_ttl).start()
 
 
 # --- the job lifecycle around a task body ---------------------------------------------------
@@ -237,6 +244,7 @@ def _predict(
     req: PredictRequest, progress: Callable[[float, str], None]
 ) -> tuple[dict[str, Any], str]:
     served = models().get("forecast")
+    live = False  # a forecast from the served data's end: its actuals are still to come
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
@@ -249,6 +257,7 @@ def _predict(
             frame = served.model.predict_latest(
                 latest, tickers=req.subject_tickers(), horizon=req.horizon
             )
+            live = True
         else:
             frame = served.model.predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
@@ -257,6 +266,8 @@ def _predict(
     # What the forecast stands on: the model's training cut-off and the data it serves from.
     result["trained_through"] = served.card.get("trained_through")
     result["data_version"] = served.card.get("data_version")
+    if live:
+        ledger().record(result)
     if req.history is not None:
         add_history(result, served.prices, req.history, as_of)
     return result, served.version
@@ -446,7 +457,7 @@ def _lower_priority() -> None:
 # --- process setup, heartbeat and the catalog the API validates against ---------------------
 
 
-_PER_PROCESS = (settings, redis_client, jobs, registry, datasets, models)
+_PER_PROCESS = (settings, redis_client, jobs, registry, datasets, models, ledger)
 
 
 @signals.worker_process_init.connect
