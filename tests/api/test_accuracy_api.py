@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ class Own:
 
     def __init__(self, root: Path, artifacts: Path, url: str, client: FlaskClient) -> None:
         self.root, self.artifacts, self.url, self.client = root, artifacts, url, client
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def catalog(self) -> dict[str, Any]:
         """Return the served models the workers announced."""
@@ -53,20 +55,19 @@ def own(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]
     for part in ("models", "datasets"):
         shutil.copytree(stack.artifacts / part, artifacts / part)
     redis_proc, url = start_redis(root)
-    procs = []
+    app = create_app(stack.settings(redis_url=url, artifacts_dir=artifacts))
+    st = Own(root, artifacts, url, app.test_client())
     try:
         env = service_env(url, artifacts, RETRAIN_SCHEDULE="")
         for name in ("worker-inference", "worker-training"):
-            procs.append(start(COMMANDS[name], env, root / f"{name}.log"))
-        app = create_app(stack.settings(redis_url=url, artifacts_dir=artifacts))
-        st = Own(root, artifacts, url, app.test_client())
+            st.procs[name] = start(COMMANDS[name], env, root / f"{name}.log")
         deadline = time.monotonic() + 120
         while "forecast" not in st.catalog():
             assert time.monotonic() < deadline, (root / "worker-inference.log").read_text()
             time.sleep(0.3)
         yield st
     finally:
-        for proc in procs:
+        for proc in st.procs.values():
             stop(proc)
         stop(redis_proc)
 
@@ -223,3 +224,13 @@ def test_forecasts_served_before_an_import_of_later_prices_are_scored(own: Own) 
     after = _accuracy(client)
     assert after["data_version"] == first["data_version"]
     assert [(v["scored"], v["pending"]) for v in after["versions"]] == [(0, recorded)]
+
+
+def test_a_stopping_worker_writes_what_it_has_not_yet(own: Own) -> None:
+    """Runs last: it stops this module's inference worker."""
+    client = own.client
+    before = sum(e["recorded"] for e in _accuracy(client)["ledger"])
+    ticker = own.catalog()["forecast"]["tickers"][-1]
+    _predict(client, {"ticker": ticker, "horizon": 3})
+    stop(own.procs["worker-inference"])  # sooner than its next periodic write
+    assert sum(e["recorded"] for e in _accuracy(client)["ledger"]) == before + 3
