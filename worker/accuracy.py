@@ -22,9 +22,8 @@ PRICE_COLUMNS = ["date", "ticker", "close"]
 
 def read_ledger(client: redis.Redis) -> pd.DataFrame:
     """Return every ledgered forecast step: `LEDGER_COLUMNS` plus `data_version`."""
-    versions = [v.decode() if isinstance(v, bytes) else str(v) for v in client.zrange(
-        LEDGER_INDEX_KEY, 0, -1
-    )]  # fmt: skip
+    index = client.zrange(LEDGER_INDEX_KEY, 0, -1)
+    versions = [v.decode() if isinstance(v, bytes) else str(v) for v in index]
     pipe = client.pipeline(transaction=False)
     for version in versions:
         pipe.hvals(ledger_key(version))
@@ -60,7 +59,7 @@ def score_ledger(prices: pd.DataFrame, data_version: str) -> dict[str, Any]:
         "model": "forecast",
         "computed_at": now_iso(),
         "data_version": data_version,
-        "actuals_through": _day(prices["date"].max()),
+        "actuals_through": pd.Timestamp(prices["date"].max()).date().isoformat(),
         "versions": versions,
     }
     redis_client().set(ACCURACY_KEY, json.dumps(report), ex=settings().ledger_ttl)
@@ -77,7 +76,3 @@ def rescore(data_version: str, prices: pd.DataFrame | None = None) -> None:
         score_ledger(datasets().load(data_version) if prices is None else prices, data_version)
     except (redis.RedisError, MLError, OSError, ValueError, KeyError) as exc:
         log.warning("realized accuracy not computed on %s: %s", data_version, exc)
-
-
-def _day(value: Any) -> str | None:
-    return None if pd.isna(value) else pd.Timestamp(value).date().isoformat()
