@@ -6,14 +6,25 @@ to change the current version: it never touches the registry's files itself.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from api.admin import enqueue, json_body, outcome, published, settings
+from api.admin import enqueue, json_body, outcome, published, redis_client, settings
 from api.auth import principal
 from api.errors import ApiError
-from worker.contract import MODEL_NAMES, REGISTRY_KEY, PromoteBody, validation_context
+from worker.contract import (
+    ACCURACY_KEY,
+    LEDGER_INDEX_KEY,
+    MODEL_NAMES,
+    REGISTRY_KEY,
+    PromoteBody,
+    ledger_key,
+    now_iso,
+    validation_context,
+)
 
 bp = Blueprint("models", __name__)
 
@@ -64,6 +75,46 @@ def get_model(name: str) -> Response:
             "history": entry.get("history", []),
         }
     )
+
+
+@bp.get("/models/<name>/accuracy")
+def accuracy(name: str) -> Response:
+    """Return the realized accuracy of served forecasts, by model version and step, as of
+    the last time newer prices arrived, and what the ledger holds now."""
+    if name != "forecast":
+        if name in MODEL_NAMES:
+            raise ApiError(404, "No accuracy ledger", f"only forecasts are ledgered, not {name}")
+        raise ApiError(404, "Model not found", f"no model {name!r}; one of: forecast")
+    client = redis_client()
+    pipe = client.pipeline(transaction=False)
+    pipe.get(ACCURACY_KEY)
+    pipe.zrevrange(LEDGER_INDEX_KEY, 0, -1, withscores=True)
+    raw, versions = pipe.execute()
+    for version, _ in versions:
+        pipe.hlen(ledger_key(version.decode()))
+    sizes = pipe.execute() if versions else []
+    report: dict[str, Any] = json.loads(raw) if raw else dict(_NOT_COMPUTED)
+    report["ledger"] = [
+        {
+            "model_version": version.decode(),
+            "recorded": int(size),
+            "last_recorded_at": now_iso(datetime.fromtimestamp(at, UTC)),
+        }
+        for (version, at), size in zip(versions, sizes, strict=True)
+        if size  # an index entry outlives its expired hash by at most one flush
+    ]
+    return jsonify(report)
+
+
+_NOT_COMPUTED: dict[str, Any] = {
+    "model": "forecast",
+    "computed_at": None,
+    "data_version": None,
+    "actuals_through": None,
+    "versions": [],
+    "detail": "not computed yet: served forecasts are scored when newer prices arrive "
+    "(an import that becomes the active dataset, or an activation)",
+}
 
 
 @bp.get("/models/<name>/<version>")

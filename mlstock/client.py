@@ -441,6 +441,11 @@ class Client:
         entry: dict[str, Any] = self.request("GET", f"/models/{name}")
         return entry
 
+    def accuracy(self, name: str = "forecast") -> dict[str, Any]:
+        """Return the realized accuracy of served forecasts, by model version and step."""
+        report: dict[str, Any] = self.request("GET", f"/models/{name}/accuracy")
+        return report
+
     def promote(self, name: str, version: str, reason: str | None = None) -> dict[str, Any]:
         """Make `version` the current version of model `name` (also a rollback)."""
         body: dict[str, Any] = {"version": version}

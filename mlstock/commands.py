@@ -317,6 +317,33 @@ def register(main: click.Group) -> None:
         click.echo(table(listing.get("models") or [], ["name", "current", "versions", "latest"]))
 
     @main.command()
+    @service_options
+    def accuracy(client: Client, as_json: bool) -> None:
+        """Show how served forecasts fared once later prices arrived, by version and step."""
+        report = client.accuracy()
+        if as_json:
+            return _dump(report)
+        if report.get("computed_at"):
+            click.echo(
+                f"scored {report['computed_at']} on dataset {report['data_version']} "
+                f"(prices through {report['actuals_through']})"
+            )
+        else:
+            click.echo(str(report.get("detail", "not computed yet")))
+        rows = [
+            {"model_version": v["model_version"], **step}
+            for v in report.get("versions", [])
+            for step in v["steps"]
+        ]
+        if rows:
+            columns = ["model_version", "step", "n", "mase", "naive_mase", "relative_mase",
+                       "coverage_80", "coverage_95"]  # fmt: skip
+            click.echo(table(rows, columns))
+        for entry in report.get("ledger", []):
+            click.echo(f"ledger: {entry['model_version']} holds {entry['recorded']} forecast steps")
+        return None
+
+    @main.command()
     @click.argument("name")
     @click.argument("version")
     @click.option("--reason", default=None, help="Why (kept in the model's history).")

@@ -14,6 +14,7 @@ import redis
 from celery import Task, shared_task, signals
 
 from ml.errors import MLError
+from worker.accuracy import rescore
 from worker.contract import (
     DATASETS_KEY,
     REGISTRY_KEY,
@@ -130,6 +131,7 @@ def _activate(
     meta = store.activate(req.version)
     publish_registry()
     log.info("dataset %s activated by %s (was %s)", req.version, req.by, previous)
+    rescore(req.version)
     return {"active": req.version, "previous": previous, "by": req.by, "dataset": meta}, None
 
 

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         description="A forecaster is promoted only if its backtest 80%/95% coverage is "
         "within this of nominal.",
     )
+    ledger_ttl: int = Field(
+        90 * 86_400,
+        ge=60,
+        description="Seconds a model version's ledger of served forecasts is kept after "
+        "its last recorded forecast.",
+    )
     worker_threads: int = Field(1, ge=1, description="BLAS/OpenMP threads per worker process.")
     training_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the training worker.")
     host: str = Field("127.0.0.1", description="Address the API binds to.")

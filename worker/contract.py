@@ -805,3 +805,16 @@ ADMIN_SCHEMAS: dict[str, type[_Request]] = {
     "activate": ActivateRequest,
     "import": ImportRequest,
 }
+
+
+# --- the ledger of served forecasts and its realized-accuracy report ------------------------
+
+#: Sorted set of the model versions with a ledger, scored by their last write (epoch s).
+LEDGER_INDEX_KEY = f"{KEY_PREFIX}:ledger:forecast"
+#: JSON of the last realized-accuracy report, written when newer prices arrive.
+ACCURACY_KEY = f"{KEY_PREFIX}:accuracy:forecast"
+
+
+def ledger_key(version: str) -> str:
+    """Return the Redis hash of a forecast version's served steps (`ticker|as_of|step`)."""
+    return f"{LEDGER_INDEX_KEY}:{version}"

@@ -11,6 +11,7 @@ from celery import Task, shared_task
 
 from ml.errors import DataValidationError
 from ml.ingest import read_upload
+from worker.accuracy import rescore
 from worker.admin import publish_registry
 from worker.contract import TASK_IMPORT, ImportRequest
 from worker.tasks import datasets, jobs, redis_client, run_job, settings
@@ -56,6 +57,8 @@ def _import(
         store.activate(version)
     log.info("dataset %s imported by %s (%d rows)", version, req.by, meta["rows"])
     publish_registry()  # the listing shows the new dataset by the time the job ends
+    if req.activate:
+        rescore(version, prices)  # newer prices: judge the forecasts served before them
     return {
         "dataset": meta,
         "version": version,

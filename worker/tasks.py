@@ -59,6 +59,7 @@ from worker.contract import (
     now_iso,
     validation_context,
 )
+from worker.ledger import Ledger
 from worker.lifecycle import (
     JobCancelled,
     lock_key,
@@ -122,6 +123,12 @@ def datasets() -> DatasetStore:
 def models() -> ModelCache:
     """Return this process's model cache."""
     return ModelCache(registry(), datasets())
+
+
+@cache
+def ledger() -> Ledger:
+    """Return this process's ledger of served forecasts, its writer thread started."""
+    return Ledger(redis_client, settings().ledger_ttl).start()
 
 
 # --- the job lifecycle around a task body ---------------------------------------------------
@@ -238,6 +245,7 @@ def _predict(
 ) -> tuple[dict[str, Any], str]:
     served = models().get("forecast")
     current_data_version = served.card.get("data_version")
+    live = False  # a forecast from the served data's end: its actuals are still to come
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
@@ -250,6 +258,7 @@ def _predict(
             frame = served.model.predict_latest(
                 latest, tickers=req.subject_tickers(), horizon=req.horizon
             )
+            live = True
         else:
             # A replay: the model trained on the latest data through `as_of`, if any.
             served = models().as_of("forecast", as_of.date().isoformat(), served)
@@ -264,6 +273,8 @@ def _predict(
     if req.as_of is not None:
         # True when the model saw no price after `as_of`: a faithful replay of that day.
         result["point_in_time"] = trained_through is not None and trained_through <= str(req.as_of)
+    if live:
+        ledger().record(result)
     if req.history is not None:
         add_history(result, served.prices, req.history, as_of)
     return result, served.version
@@ -468,7 +479,7 @@ def _lower_priority() -> None:
 # --- process setup, heartbeat and the catalog the API validates against ---------------------
 
 
-_PER_PROCESS = (settings, redis_client, jobs, registry, datasets, models)
+_PER_PROCESS = (settings, redis_client, jobs, registry, datasets, models, ledger)
 
 
 @signals.worker_process_init.connect

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,20 @@ def test_errors_are_one_line_and_exit_1(api_server: Served, stack: Stack) -> Non
         assert "Traceback" not in out.stderr
     out = cli(api_server.url, "predict", "X", "--horizon", "many")
     assert out.returncode == 2 and "Traceback" not in out.stderr  # click's usage error
+
+
+def test_accuracy_lists_the_ledger_of_served_forecasts(api_server: Served, stack: Stack) -> None:  # noqa: F811
+    out = cli(api_server.url, "predict", stack.tickers()[2], "--horizon", "3", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    record = json.loads(cli(api_server.url, "result", job_id, "--wait", "30", "--json").stdout)
+    version = record["model_version"]
+    deadline = time.monotonic() + 60
+    while True:  # the worker writes its ledger every few seconds
+        report = json.loads(cli(api_server.url, "accuracy", "--json").stdout)
+        if version in [e["model_version"] for e in report["ledger"]]:
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(1)
+    out = cli(api_server.url, "accuracy")
+    assert out.returncode == 0, out.stderr
+    assert f"ledger: {version} holds " in out.stdout
