@@ -34,6 +34,8 @@ PUBLIC_ENDPOINTS = {
     "dashboard.segments",
     "dashboard.registry",
     "metrics.metrics",
+    "openapi.spec",
+    "openapi.docs",
 }
 #: POST endpoints a `submit` key may call; any other write needs `admin`.
 SUBMIT_ENDPOINTS = {"api.predict_price", "api.segment_alias"}

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from api.admin import enqueue, json_body, outcome, published, settings
 from api.auth import principal
 from api.errors import ApiError
+from api.schemas import ModelDetail, ModelList, VersionCard, reply
 from worker.contract import MODEL_NAMES, REGISTRY_KEY, PromoteBody, validation_context
 
 bp = Blueprint("models", __name__)
@@ -42,12 +43,11 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
 def list_models() -> Response:
     """List the models with their current version and its card."""
     listing = published(REGISTRY_KEY, "model registry")
-    return jsonify(
-        {
-            "signing": listing.get("signing"),
-            "published_at": listing.get("published_at"),
-            "models": [_summary(m) for m in listing["models"].values()],
-        }
+    return reply(
+        ModelList,
+        signing=listing.get("signing"),
+        published_at=listing.get("published_at"),
+        models=[_summary(m) for m in listing["models"].values()],
     )
 
 
@@ -56,13 +56,12 @@ def get_model(name: str) -> Response:
     """Return a model's versions, newest first, with their cards and promotion history."""
     entry = _model(name)
     versions = [{**c, "current": c["version"] == entry["current"]} for c in entry["versions"]]
-    return jsonify(
-        {
-            "name": name,
-            "current": entry["current"],
-            "versions": versions,
-            "history": entry.get("history", []),
-        }
+    return reply(
+        ModelDetail,
+        name=name,
+        current=entry["current"],
+        versions=versions,
+        history=entry.get("history", []),
     )
 
 
@@ -72,7 +71,7 @@ def get_version(name: str, version: str) -> Response:
     entry = _model(name)
     for card in entry["versions"]:
         if card["version"] == version:
-            return jsonify({**card, "current": version == entry["current"]})
+            return reply(VersionCard, **{**card, "current": version == entry["current"]})
     raise ApiError(404, "Version not found", f"model {name!r} has no version {version!r}")
 
 
