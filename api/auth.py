@@ -122,8 +122,8 @@ def _authenticate() -> None:
         g.principal = f"anonymous@{request.remote_addr or 'unknown'}"
         return
     needed = required_role()
-    if needed is None:
-        return
+    if needed is None or request.routing_exception is not None:
+        return  # a public route, or none at all: its 404 or 405 follows, nothing to guard
     key = presented_key()
     if key is None:
         raise _unauthorized("send an API key as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'")

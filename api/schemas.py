@@ -129,7 +129,11 @@ class JobsQuery(_Closed):
     )
     status: Status | None = None
     since: datetime | None = Field(None, description="Only jobs submitted at or after this.")
-    cursor: str | None = Field(None, pattern=r"^[0-9.]+:[0-9a-f-]{36}$")
+    cursor: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(\.[0-9]+)?:[0-9a-f-]{36}$",
+        description="`next_cursor` of the previous page.",
+    )
     limit: int = Field(50, ge=1, le=200)
 
     @field_validator("type")
