@@ -169,7 +169,10 @@ def check_bind(settings: Settings) -> str:
     reachable beyond this machine with no keys and ALLOW_UNAUTHENTICATED is not set."""
     keys = parse_keys(settings)
     if keys:
-        return f"API keys: {len(keys)} configured; every route but /health and /ready needs one"
+        return (
+            f"API keys: {len(keys)} configured; every route but the probes, /metrics, the API "
+            "description and the dashboard's pages needs one"
+        )
     if is_loopback(settings.host):
         return (
             f"no API_KEYS set: the API is unauthenticated and binds {settings.host} only "
