@@ -10,6 +10,7 @@ code. `/docs` renders it with Swagger UI served from the package itself (no CDN)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -55,10 +56,11 @@ IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 
 @dataclass(frozen=True)
 class Media:
-    """A response that is not a JSON model: its media types, each with a JSON schema."""
+    """A response that is not (only) a JSON model: its media types, each with a JSON
+    schema or a model."""
 
     description: str
-    content: dict[str, dict[str, Any]]
+    content: Mapping[str, Mapping[str, Any] | type[BaseModel]]
 
 
 Answer = type[BaseModel] | Media
@@ -293,7 +295,7 @@ OPERATIONS: dict[tuple[str, str], tuple[Operation, ...]] = {
         Operation(
             "The dashboard (JSON clients: the endpoints)",
             "dashboard",
-            {200: Media("The jobs page, or the endpoints.", {**_HTML, "application/json": {}})},
+            {200: Media("The jobs page, or the endpoints.", {**_HTML, "application/json": Index})},
         ),
     ),
     ("GET", "dashboard.forecast"): (
@@ -331,8 +333,6 @@ OPERATIONS: dict[tuple[str, str], tuple[Operation, ...]] = {
         Operation("This description, browsable", "service", {200: Media("HTML.", _HTML)}),
     ),
 }
-#: The index's JSON answer is a model too: named here so its schema is in the components.
-_JSON_INDEX = (Index, "dashboard.index")
 
 
 def _path(rule: str) -> str:
@@ -341,14 +341,15 @@ def _path(rule: str) -> str:
 
 def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     found: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(Problem, "serialization"): None}
-    found[(_JSON_INDEX[0], "serialization")] = None
     for ops in OPERATIONS.values():
         for op in ops:
             if op.body is not None:
                 found[(op.body, "validation")] = None
             for answer in op.answers.values():
-                if isinstance(answer, type):
-                    found[(answer, "serialization")] = None
+                served = answer.content.values() if isinstance(answer, Media) else [answer]
+                for model in served:
+                    if isinstance(model, type):
+                        found[(model, "serialization")] = None
     return list(found)
 
 
@@ -396,15 +397,16 @@ def _operation(
     responses: dict[str, Any] = {}
     for status, answer in sorted(op.answers.items()):
         if isinstance(answer, Media):
-            responses[str(status)] = {"description": answer.description, "content": answer.content}
+            content = {
+                media: {"schema": _ref(refs, v, "serialization")} if isinstance(v, type) else v
+                for media, v in answer.content.items()
+            }
+            responses[str(status)] = {"description": answer.description, "content": content}
         else:
             responses[str(status)] = {
                 "description": (answer.__doc__ or answer.__name__).split("\n")[0],
                 "content": {"application/json": {"schema": _ref(refs, answer, "serialization")}},
             }
-    if endpoint == _JSON_INDEX[1]:
-        json_index = responses["200"]["content"]["application/json"]
-        json_index["schema"] = _ref(refs, _JSON_INDEX[0], "serialization")
     errors = set(op.errors)
     if not public:
         errors |= {401, 429, 503} | ({403} if method != "GET" else set())
