@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +135,22 @@ class Tally:
     ran: dict[str, int]
     statuses: dict[int, int]
     failures: dict[str, str]
+    #: Operation -> the first job id it answered with (a real job to read and cancel).
+    jobs: dict[str, str] = field(default_factory=dict)
 
-    def fuzz(self, operation: Any, mode: Any, role: str) -> None:
-        """Run EXAMPLES generated cases of `operation` with the key of `role`."""
+    def fuzz(
+        self, operation: Any, mode: Any, role: str, examples: int = EXAMPLES, **fixed: Any
+    ) -> None:
+        """Run `examples` generated cases of `operation` with the key of `role`; `fixed`
+        are inputs not generated (e.g. `path_parameters` naming a real job)."""
         from hypothesis import HealthCheck, Phase, given, settings
 
         key = KEYS[role]
         headers = {"X-API-Key": key} if key else {}
 
-        @given(case=operation.as_strategy(generation_mode=mode))
+        @given(case=operation.as_strategy(generation_mode=mode, **fixed))
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=examples,
             deadline=None,
             database=None,
             phases=[Phase.generate],
@@ -158,6 +163,8 @@ class Tally:
                     base_url=self.base, session=self.session, headers=headers, checks=self.checks
                 )
                 self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+                if response.status_code in (200, 202):
+                    self._note_job(operation.label, response)
             except (Exception, BaseExceptionGroup) as exc:  # collected, reported at the end
                 self.failures.setdefault(f"{operation.label} [{role}]", str(exc)[:3000])
 
@@ -166,10 +173,47 @@ class Tally:
         except hypothesis.errors.Unsatisfiable:
             pass  # no invalid value exists for this operation's inputs (e.g. any-string keys)
 
+    def _note_job(self, label: str, response: Any) -> None:
+        try:
+            job_id = response.json().get("job_id")
+        except (ValueError, AttributeError):
+            return  # not a JSON object: no job
+        if isinstance(job_id, str):
+            self.jobs.setdefault(label, job_id)
+
 
 def _has_inputs(operation: Any) -> bool:
     parts = ("path_parameters", "query", "headers", "cookies", "body")
     return any(len(getattr(operation, part)) for part in parts)
+
+
+def _fuzz_real_things(tally: Tally, operations: dict[str, Any], ticker: str) -> None:
+    """Generated requests rarely name a job, model version or dataset that exists: fuzz
+    the routes that read and change them with real ones as well."""
+    from schemathesis import GenerationMode
+
+    positive = GenerationMode.POSITIVE
+    admin = {"X-API-Key": KEYS["admin"]}
+    for job_type, body in (("predict", {"ticker": ticker}), ("segment", {}),
+                           ("retrain", {"models": ["segment"]})):  # fmt: skip
+        answer = tally.session.post(f"{tally.base}/jobs/{job_type}", json=body, headers=admin)
+        assert answer.status_code == 202, answer.text
+        tally.jobs.setdefault(f"POST /jobs/{job_type}", answer.json()["job_id"])
+    for job_id in list(tally.jobs.values()):
+        fixed = {"path_parameters": {"job_id": job_id}}
+        for role in ("none", "read", "admin"):
+            tally.fuzz(operations["GET /result/{job_id}"], positive, role, 3, **fixed)
+        tally.fuzz(operations["DELETE /jobs/{job_id}"], positive, "admin", 2, **fixed)
+        tally.fuzz(operations["GET /forecast/{job_id}"], positive, "none", 1, **fixed)
+    for name in ("forecast", "segment"):
+        model = tally.session.get(f"{tally.base}/models/{name}", headers=admin, timeout=10).json()
+        for card in model["versions"][:2]:
+            fixed = {"path_parameters": {"name": name, "version": card["version"]}}
+            tally.fuzz(operations["GET /models/{name}/{version}"], positive, "read", 2, **fixed)
+    listing = tally.session.get(f"{tally.base}/datasets", headers=admin, timeout=10).json()
+    for meta in listing["datasets"][:2]:
+        fixed = {"path_parameters": {"version": meta["version"]}}
+        tally.fuzz(operations["GET /datasets/{version}"], positive, "read", 2, **fixed)
 
 
 def test_fuzz_every_route_with_every_role(fuzz_stack: FuzzStack) -> None:
@@ -185,6 +229,8 @@ def test_fuzz_every_route_with_every_role(fuzz_stack: FuzzStack) -> None:
             tally.fuzz(operation, GenerationMode.POSITIVE, role)
             if _has_inputs(operation):  # invalid data exists only for an operation with inputs
                 tally.fuzz(operation, GenerationMode.NEGATIVE, role)
+    catalog = json.loads(redis.Redis.from_url(fuzz_stack.redis_url).get("mlstock:catalog") or "")
+    _fuzz_real_things(tally, {op.label: op for op in operations}, catalog["forecast"]["tickers"][0])
     total = sum(tally.ran.values())
     print(
         f"\nschemathesis: {total} cases over {len(tally.ran)} operations and {len(KEYS)} roles "
