@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.limits import init_guards
     from api.metrics import init_metrics
     from api.models import bp as models_bp
+    from api.openapi import bp as openapi_bp
     from api.routes import bp
 
     register_error_handlers(app)
@@ -42,5 +43,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(models_bp)
     app.register_blueprint(datasets_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(openapi_bp)
     init_metrics(app)
     return app

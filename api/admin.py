@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import redis
-from flask import Response, current_app, jsonify, request, url_for
+from flask import Response, current_app, request, url_for
 from kombu.exceptions import KombuError
 
 from api.errors import ApiError, unavailable, validation_problem
+from api.schemas import AdminOutcome, JobAccepted, reply
 from worker.config import Settings
 from worker.contract import JobStore
 from worker.contract import enqueue as queue_job
@@ -85,7 +86,8 @@ def outcome(job_id: str, wait: float, *, failed_status: int = 409) -> Response:
     record = store.wait(job_id, wait) or {}
     status_url = url_for("api.result", job_id=job_id)
     if record.get("status") == "succeeded":
-        resp = jsonify({"job_id": job_id, "status": "succeeded", **(record.get("result") or {})})
+        result = record.get("result") or {}
+        resp = reply(AdminOutcome, **{**result, "job_id": job_id, "status": "succeeded"})
         resp.headers["Content-Location"] = status_url
         return resp
     if record.get("status") in ("failed", "cancelled"):
@@ -100,8 +102,7 @@ def outcome(job_id: str, wait: float, *, failed_status: int = 409) -> Response:
             type_="/problems/job-failed",
             **extra,
         )
-    resp = jsonify({"job_id": job_id, "status": record.get("status", "queued"),
-                    "status_url": status_url})  # fmt: skip
-    resp.status_code = 202
+    resp = reply(JobAccepted, 202, job_id=job_id, status=record.get("status", "queued"),
+                 status_url=status_url)  # fmt: skip
     resp.headers["Location"] = status_url
     return resp

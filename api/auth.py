@@ -34,6 +34,8 @@ PUBLIC_ENDPOINTS = {
     "dashboard.segments",
     "dashboard.registry",
     "metrics.metrics",
+    "openapi.spec",
+    "openapi.docs",
 }
 #: POST endpoints a `submit` key may call; any other write needs `admin`.
 SUBMIT_ENDPOINTS = {"api.predict_price", "api.segment_alias"}
@@ -120,8 +122,8 @@ def _authenticate() -> None:
         g.principal = f"anonymous@{request.remote_addr or 'unknown'}"
         return
     needed = required_role()
-    if needed is None:
-        return
+    if needed is None or request.routing_exception is not None:
+        return  # a public route, or none at all: its 404 or 405 follows, nothing to guard
     key = presented_key()
     if key is None:
         raise _unauthorized("send an API key as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'")
@@ -167,7 +169,10 @@ def check_bind(settings: Settings) -> str:
     reachable beyond this machine with no keys and ALLOW_UNAUTHENTICATED is not set."""
     keys = parse_keys(settings)
     if keys:
-        return f"API keys: {len(keys)} configured; every route but /health and /ready needs one"
+        return (
+            f"API keys: {len(keys)} configured; every route but the probes, /metrics, the API "
+            "description and the dashboard's pages needs one"
+        )
     if is_loopback(settings.host):
         return (
             f"no API_KEYS set: the API is unauthenticated and binds {settings.host} only "

@@ -4,7 +4,9 @@ data of their own and the API's rules apply to everything they show or do."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, render_template, request
+
+from api.schemas import Index, reply
 
 bp = Blueprint("dashboard", __name__)
 
@@ -19,6 +21,8 @@ ENDPOINTS = {
     "GET /health": "process alive",
     "GET /ready": "Redis, workers and models",
     "GET /metrics": "Prometheus metrics",
+    "GET /openapi.json": "the OpenAPI 3.1 description of every route",
+    "GET /docs": "that description, browsable",
 }
 
 
@@ -31,7 +35,7 @@ def _wants_json() -> bool:
 def index() -> Response | str:
     """Show the jobs, the submit form and the health strip (JSON clients: the endpoints)."""
     if _wants_json():
-        return jsonify({"service": "mlstockprediction", "endpoints": ENDPOINTS})
+        return reply(Index, service="mlstockprediction", endpoints=ENDPOINTS)
     return render_template("index.html", page="jobs")
 
 

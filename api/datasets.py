@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from api.admin import enqueue, outcome, published, redis_client, settings
 from api.auth import principal
 from api.errors import ApiError, validation_problem
+from api.schemas import Dataset, DatasetList, reply
 from worker.contract import DATASET_VERSION_PATTERN, DATASETS_KEY, new_job_id, upload_key
 
 bp = Blueprint("datasets", __name__)
@@ -105,8 +106,8 @@ def list_datasets() -> Response:
     """List the stored datasets, newest first, and which one training uses."""
     listing = published(DATASETS_KEY, "dataset listing")
     active = listing.get("active")
-    return jsonify(
-        {"active": active, "datasets": [_summary(m, active) for m in listing["datasets"]]}
+    return reply(
+        DatasetList, active=active, datasets=[_summary(m, active) for m in listing["datasets"]]
     )
 
 
@@ -127,7 +128,7 @@ def _dataset(version: str) -> tuple[dict[str, Any], str | None]:
 def get_dataset(version: str) -> Response:
     """Return one dataset: tickers, date range, rows, source and problems (none once stored)."""
     meta, active = _dataset(version)
-    return jsonify({**meta, "active": version == active, "problems": []})
+    return reply(Dataset, **{**meta, "active": version == active, "problems": []})
 
 
 @bp.post("/datasets/<version>/activate")

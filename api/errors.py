@@ -11,6 +11,8 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from api.schemas import Problem
+
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
@@ -38,14 +40,11 @@ class ApiError(Exception):
         self.extra = extra
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the problem details object."""
-        return {
-            "type": self.type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            **self.extra,
-        }
+        """Return the problem details object (built through the `Problem` schema)."""
+        problem = Problem(
+            type=self.type, title=self.title, status=self.status, detail=self.detail, **self.extra
+        )
+        return problem.model_dump(mode="json", exclude_unset=True)
 
     def response(self) -> Response:
         """Return the problem as a Flask response."""

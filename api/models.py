@@ -10,11 +10,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from api.admin import enqueue, json_body, outcome, published, redis_client, settings
 from api.auth import principal
 from api.errors import ApiError
+from api.schemas import AccuracyReport, ModelDetail, ModelList, VersionCard, reply
 from worker.contract import (
     ACCURACY_KEY,
     LEDGER_INDEX_KEY,
@@ -53,12 +54,11 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
 def list_models() -> Response:
     """List the models with their current version and its card."""
     listing = published(REGISTRY_KEY, "model registry")
-    return jsonify(
-        {
-            "signing": listing.get("signing"),
-            "published_at": listing.get("published_at"),
-            "models": [_summary(m) for m in listing["models"].values()],
-        }
+    return reply(
+        ModelList,
+        signing=listing.get("signing"),
+        published_at=listing.get("published_at"),
+        models=[_summary(m) for m in listing["models"].values()],
     )
 
 
@@ -67,13 +67,12 @@ def get_model(name: str) -> Response:
     """Return a model's versions, newest first, with their cards and promotion history."""
     entry = _model(name)
     versions = [{**c, "current": c["version"] == entry["current"]} for c in entry["versions"]]
-    return jsonify(
-        {
-            "name": name,
-            "current": entry["current"],
-            "versions": versions,
-            "history": entry.get("history", []),
-        }
+    return reply(
+        ModelDetail,
+        name=name,
+        current=entry["current"],
+        versions=versions,
+        history=entry.get("history", []),
     )
 
 
@@ -103,7 +102,7 @@ def accuracy(name: str) -> Response:
         for (version, at), size in zip(versions, sizes, strict=True)
         if size  # an index entry outlives its expired hash by at most one flush
     ]
-    return jsonify(report)
+    return reply(AccuracyReport, **report)
 
 
 _NOT_COMPUTED: dict[str, Any] = {
@@ -123,7 +122,7 @@ def get_version(name: str, version: str) -> Response:
     entry = _model(name)
     for card in entry["versions"]:
         if card["version"] == version:
-            return jsonify({**card, "current": version == entry["current"]})
+            return reply(VersionCard, **{**card, "current": version == entry["current"]})
     raise ApiError(404, "Version not found", f"model {name!r} has no version {version!r}")
 
 

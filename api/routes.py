@@ -10,7 +10,6 @@ import redis
 from celery import Celery
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from kombu.exceptions import KombuError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.admin import jobs as _jobs
 from api.admin import json_body as _json_body
@@ -18,8 +17,8 @@ from api.admin import redis_client as _redis
 from api.admin import settings as _settings
 from api.doctor import diagnose
 from api.errors import ApiError, unavailable, validation_problem
+from api.schemas import Health, JobAccepted, JobList, JobsQuery, Ready, Schedule, reply
 from worker.contract import (
-    ALL_JOB_TYPES,
     BEAT_LAST_KEY,
     CATALOG_KEY,
     JOB_TYPES,
@@ -29,7 +28,6 @@ from worker.contract import (
     LegacySegment,
     PredictRequest,
     SegmentRequest,
-    Status,
     body_digest,
     enqueue,
     new_job_id,
@@ -151,10 +149,10 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
 def _accepted(record: dict[str, Any], *, replayed: bool = False) -> Response:
     job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
-    resp = jsonify(
-        {"job_id": job_id, "status": record.get("status", "queued"), "status_url": status_url}
-    )
-    resp.status_code = 202
+    resp = reply(
+        JobAccepted, 202, job_id=job_id, status=record.get("status", "queued"),
+        status_url=status_url,
+    )  # fmt: skip
     resp.headers["Location"] = status_url
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
@@ -207,25 +205,6 @@ def result(job_id: str) -> Response:
     return jsonify(record)
 
 
-class JobsQuery(BaseModel):
-    """Filters and page of `GET /jobs`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str | None = Field(None, description="One of the job types.")
-    status: Status | None = None
-    since: datetime | None = Field(None, description="Only jobs submitted at or after this.")
-    cursor: str | None = Field(None, pattern=r"^[0-9.]+:[0-9a-f-]{36}$")
-    limit: int = Field(50, ge=1, le=200)
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, v: str | None) -> str | None:
-        if v is not None and v not in ALL_JOB_TYPES:
-            raise ValueError(f"one of: {', '.join(ALL_JOB_TYPES)}")
-        return v
-
-
 @bp.get("/jobs")
 def list_jobs() -> Response:
     """List recent jobs, newest first; `next_cursor` fetches the next page."""
@@ -241,9 +220,8 @@ def list_jobs() -> Response:
     jobs, after = _jobs().list(
         job_type=query.type, status=query.status, since=since, before=before, limit=query.limit
     )
-    return jsonify(
-        {"jobs": jobs, "next_cursor": None if after is None else f"{after[0]!r}:{after[1]}"}
-    )
+    cursor = None if after is None else f"{after[0]!r}:{after[1]}"
+    return reply(JobList, jobs=jobs, next_cursor=cursor)
 
 
 @bp.delete("/jobs/<job_id>")
@@ -273,28 +251,24 @@ def schedule() -> Response:
     """Show the retrain schedule, its next run and beat's last tick."""
     expr = _settings().retrain_schedule.strip()
     last = _redis().get(BEAT_LAST_KEY)
-    body: dict[str, Any] = {
-        "retrain_schedule": expr or None,
-        "timezone": "UTC",
-        "next_run_at": None,
-        "last_tick_at": last.decode() if isinstance(last, bytes) else last,
-    }
+    next_run = None
     if expr:
         now = datetime.now(UTC)
-        body["next_run_at"] = now_iso(now + parse_crontab(expr).remaining_estimate(now))
-    return jsonify(body)
+        next_run = now_iso(now + parse_crontab(expr).remaining_estimate(now))
+    return reply(
+        Schedule, retrain_schedule=expr or None, timezone="UTC", next_run_at=next_run,
+        last_tick_at=last.decode() if isinstance(last, bytes) else last,
+    )  # fmt: skip
 
 
 @bp.get("/health")
 def health() -> Response:
     """Answer while the process is alive."""
-    return jsonify({"status": "ok"})
+    return reply(Health, status="ok")
 
 
 @bp.get("/ready")
 def ready() -> Response:
     """Answer 200 when jobs can be served, else 503 with what is missing."""
     ok, checks = diagnose(_redis(), _settings())
-    resp = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
-    resp.status_code = 200 if ok else 503
-    return resp
+    return reply(Ready, 200 if ok else 503, status="ready" if ok else "not ready", checks=checks)

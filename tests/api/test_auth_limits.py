@@ -136,3 +136,14 @@ def test_full_inference_queue_is_503_with_retry_after(stack: Stack) -> None:
         assert client.post("/jobs/retrain", json={"models": ["nope"]}).status_code == 422
     finally:
         r.delete("inference")
+
+
+def test_a_path_no_route_serves_is_404_even_without_a_key() -> None:
+    # Found by the fuzz test: a static file name with a newline matched no route, and the
+    # key check answered 401 for a path that is public (and nothing at all) instead.
+    client = _client()
+    for path in ("/static/a%0Ab.css", "/no/such/route"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and resp.mimetype == "application/problem+json", path
+    assert client.delete("/health").status_code == 405
+    assert client.get("/models").status_code == 401  # a real route still needs the key

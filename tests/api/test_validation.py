@@ -85,3 +85,10 @@ def test_redis_down_is_503_with_retry_after(client: FlaskClient) -> None:
     assert ready.status_code == 503
     first = ready.get_json()["checks"][0]
     assert (first["name"], first["ok"]) == ("redis", False)
+
+
+@pytest.mark.parametrize("cursor", ["1.05.2:" + "a" * 36, ".:" + "a" * 36, ".5:" + "b" * 36])
+def test_a_malformed_cursor_is_422_not_500(client: FlaskClient, cursor: str) -> None:
+    # Found by the fuzz test: these matched the old pattern and crashed float().
+    resp = client.get("/jobs", query_string={"cursor": cursor})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "cursor"

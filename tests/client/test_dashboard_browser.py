@@ -188,3 +188,46 @@ def test_models_page_promotes_and_rolls_back(api_server: Served, stack: Stack) -
         # Whatever happened above, leave the original serving for the other tests.
         if _http(f"{base}/models/forecast")["current"] != original:
             _http(f"{base}/models/forecast/promote", {"version": original})
+
+
+def test_docs_render_every_operation_offline(api_server: Served) -> None:  # noqa: F811
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    browser_path = chromium()
+    spec = _http(api_server.url + "/openapi.json")
+    operations = {(method.upper(), path) for path, item in spec["paths"].items()
+                  for method in item}  # fmt: skip
+    outside: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(api_server.url + "/"):
+            route.continue_()
+        else:  # a CDN, a validator, fonts: the page must not need any of them
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.route("**/*", only_this_server)
+            page.goto(api_server.url + "/docs")
+            page.wait_for_selector(".opblock")
+            shown = {
+                ((block.locator(".opblock-summary-method").inner_text()).strip(),
+                 block.locator(".opblock-summary-path").get_attribute("data-path") or "")
+                for block in page.locator(".opblock").all()
+            }  # fmt: skip
+            assert shown == operations
+            assert "mlstockprediction" in page.locator(".info .title").inner_text()
+            # An operation opens with its responses, problem+json among them.
+            page.locator("#operations-jobs-post_jobs_predict .opblock-summary").click()
+            page.wait_for_selector("#operations-jobs-post_jobs_predict .responses-table")
+            body = page.locator("#operations-jobs-post_jobs_predict").inner_text()
+            assert "202" in body and "422" in body and "application/problem+json" in body
+            page.screenshot(path=str(SCREENSHOTS / "docs.png"), full_page=False)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert outside == []
