@@ -222,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                     ("api", "worker-inference"),
                     lambda: http.job("/jobs/predict", body),
                     args.n,
+                    args.profile,
                 ),
                 "celery_floor": profile(
                     stack,
                     ("worker-noop",),
                     lambda: app.send_task(TASK_NOOP).get(timeout=30),
                     args.n,
+                    args.profile,
                 ),
             }
     finally:
