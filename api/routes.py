@@ -16,6 +16,7 @@ from api.admin import jobs as _jobs
 from api.admin import json_body as _json_body
 from api.admin import redis_client as _redis
 from api.admin import settings as _settings
+from api.admin import shared_read
 from api.doctor import diagnose
 from api.errors import ApiError, unavailable, validation_problem
 from worker.contract import (
@@ -38,13 +39,18 @@ from worker.contract import (
     parse_crontab,
     validation_context,
 )
+from worker.observe import job_counts
 
 bp = Blueprint("api", __name__)
 
 
 def _catalog() -> dict[str, Any]:
-    raw = _redis().get(CATALOG_KEY)
-    return json.loads(raw) if raw else {}
+    def read() -> dict[str, Any]:
+        raw = _redis().get(CATALOG_KEY)
+        return json.loads(raw) if raw else {}
+
+    # The workers republish it every few seconds and after each retrain or promotion.
+    return shared_read("catalog", read)
 
 
 def _check_against_models(job_type: str, parsed: Any) -> None:
@@ -253,7 +259,9 @@ def cancel_job(job_id: str) -> Response:
     record = store.get(job_id)
     if record is None:
         raise ApiError(404, "Job not found", f"no job {job_id!r}: never issued, or expired")
-    moved = store.transition(job_id, record["type"], "cancelled", stage="cancelled", error=None)
+    fields: dict[str, Any] = {"stage": "cancelled", "error": None, "finished_at": now_iso()}
+    counts = job_counts(record | fields | {"status": "cancelled"})
+    moved = store.transition(job_id, record["type"], "cancelled", counts=counts, **fields)
     if not moved:
         final = store.get(job_id) or record
         raise ApiError(
