@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import shutil
 import sys
@@ -104,17 +105,33 @@ def tally(
     return commands, trips
 
 
+def cpu_seconds(stack: BenchStack) -> dict[str, float]:
+    """Return the CPU seconds (user + system) each stack process and its children used."""
+    out: dict[str, float] = {}
+    for name, proc in stack.procs.items():
+        root = psutil.Process(proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        out[name] = total
+    return out
+
+
 def measure(
     mon: Monitor, stack: BenchStack, run: Any, n: int, idle: dict[str, Any]
 ) -> dict[str, Any]:
     """Run `run()` n times; return per-run commands and round trips, idle subtracted."""
     reads0 = int(stack.redis.info("stats")["total_reads_processed"])
+    cpu0 = cpu_seconds(stack)
     mon.take()
     t0 = time.monotonic()
     for _ in range(n):
         run()
     seconds = time.monotonic() - t0
     time.sleep(0.2)  # the last job's postrun writes
+    cpu1 = cpu_seconds(stack)
     events = mon.take()
     reads = int(stack.redis.info("stats")["total_reads_processed"]) - reads0 - 1
     who = owners(stack, stack.redis_port)
@@ -131,7 +148,12 @@ def measure(
         for owner, count in trips.items()
     }
     idle_reads = idle["reads"] * scale
+    cpu_ms = {
+        name: round(1000 * (cpu1[name] - cpu0[name] - idle["cpu"][name] * scale) / n, 2)
+        for name in cpu1
+    }
     return {
+        "cpu_ms_per_job": cpu_ms,
         "n": n,
         "seconds": round(seconds, 2),
         "round_trips_per_job": per_trips,
@@ -201,12 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         mon.take()
         reads0 = int(stack.redis.info("stats")["total_reads_processed"])
+        cpu0 = cpu_seconds(stack)
         time.sleep(args.idle)
+        cpu1 = cpu_seconds(stack)
         commands, trips = tally(mon.take(), owners(stack, stack.redis_port))
         idle = {
             "seconds": args.idle,
             "commands": commands,
             "trips": trips,
+            "cpu": {k: cpu1[k] - cpu0[k] for k in cpu1},
             "reads": int(stack.redis.info("stats")["total_reads_processed"]) - reads0 - 1,
         }
         out["predict"] = measure(mon, stack, lambda: http.job("/jobs/predict", body), args.n, idle)

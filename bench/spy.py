@@ -44,6 +44,13 @@ PACKAGES = (
     ("pandas", "/pandas/"),
     ("vine/amqp", "/vine/"),
 )
+#: Leaf functions that wait (on a socket, a pipe, a poller or a lock) rather than compute:
+#: py-spy's non-blocking sampling sees them as active; they are left out of the shares.
+WAITING = re.compile(
+    r"^(SocketBuffer\._read_from_socket|EpollSelector\.select|_epoll\.poll|Connection\._recv|"
+    r"Condition\.wait|Arbiter\.wait_for_signals|_worker|PollableMethodQueue\.defer|"
+    r"AbstractConnection\.send_packed_command|Connection\._send|send_offset|write) "
+)
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -76,8 +83,9 @@ def _package(frames: list[str]) -> str:
 
 
 def summarize(path: Path, top: int = 25, per: float | None = None) -> dict[str, Any]:
-    """Return samples by package and the top inclusive functions of a raw recording;
-    with `per` (samples per ms of CPU times jobs), also the CPU ms per job."""
+    """Return samples by package and the top inclusive functions of a raw recording,
+    without the samples waiting in a socket, pipe, poller or lock (see WAITING); with `per`
+    (samples per ms times jobs), also the ms per job of the samples kept."""
     packages: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
@@ -88,6 +96,9 @@ def summarize(path: Path, top: int = 25, per: float | None = None) -> dict[str, 
             continue
         count = int(count_text)
         frames = stack.split(";")
+        m = _FRAME.match(frames[-1])
+        if m is not None and WAITING.match(f"{m.group('func')} "):
+            continue
         total += count
         packages[_package(frames)] += count
         seen = set()
@@ -101,9 +112,14 @@ def summarize(path: Path, top: int = 25, per: float | None = None) -> dict[str, 
         leaves[name] += count
     return {
         "samples": total,
-        "cpu_ms_per_job": None if per is None else round(total / per, 2),
+        "busy_ms_per_job": None if per is None else round(total / per, 2),
         "by_package_pct": {k: round(100 * v / total, 1) for k, v in packages.most_common()},
-        "top_inclusive_pct": {k: round(100 * v / total, 1) for k, v in inclusive.most_common(top)},
+        # Frames below the event loops and pool bootstraps (under half of all samples).
+        "top_inclusive_pct": {
+            k: round(100 * v / total, 1)
+            for k, v in [kv for kv in inclusive.most_common() if kv[1] < total / 2][:top]
+        },
+        "top_self_pct": {k: round(100 * v / total, 1) for k, v in leaves.most_common(20)},
     }
 
 
