@@ -25,6 +25,7 @@ from worker.contract import (
     CATALOG_KEY,
     JOB_TYPES,
     REQUEST_SCHEMAS,
+    TERMINAL,
     JobConflict,
     LegacyPredictPrice,
     LegacySegment,
@@ -108,12 +109,28 @@ def _check_against_models(job_type: str, parsed: Any) -> None:
         raise validation_problem(errors)
 
 
+def _wait_seconds() -> float:
+    """Return the request's `?wait=S` capped at WAIT_MAX (0 without one); 422 when it is
+    not a number of seconds >= 0."""
+    try:
+        wait = float(request.args.get("wait", "0"))
+        if not 0 <= wait < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise validation_problem(
+            [{"loc": ("wait",), "msg": "must be a number of seconds >= 0", "type": "float_type"}]
+        ) from None
+    return min(wait, _settings().wait_max)
+
+
 def submit(job_type: str, body: dict[str, Any]) -> Response:
     """Validate, record and enqueue a job; answer 202 with where to poll.
 
     With an `Idempotency-Key` header the same key and body return the same job; the same
-    key with another body is a 409.
+    key with another body is a 409. With `?wait=S` the answer is the final record (200)
+    when the job ends within S seconds (at most WAIT_MAX), else the 202.
     """
+    wait = _wait_seconds()
     parsed = REQUEST_SCHEMAS[job_type].model_validate(body, context=validation_context(_settings()))
     _check_against_models(job_type, parsed)
     params = parsed.model_dump(mode="json", exclude_none=True)
@@ -139,7 +156,8 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
                 job_id=exc.job_id,
             ) from exc
         if replayed is not None:
-            return _accepted(store.get(replayed) or {"job_id": replayed}, replayed=True)
+            record = store.get(replayed) or {"job_id": replayed}
+            return _accepted(record, replayed=True, wait=wait)
     try:
         record = enqueue(store, celery, job_type, params, job_id=job_id)
     except (redis.RedisError, KombuError) as exc:
@@ -151,16 +169,21 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
             key, body_digest(job_type, params), record["job_id"], ttl=store.ttl(job_type),
             rebind=True,
         )  # fmt: skip
-    return _accepted(record, replayed=record["job_id"] != job_id)
+    return _accepted(record, replayed=record["job_id"] != job_id, wait=wait)
 
 
-def _accepted(record: dict[str, Any], *, replayed: bool = False) -> Response:
+def _accepted(record: dict[str, Any], *, replayed: bool = False, wait: float = 0) -> Response:
     job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
-    resp = jsonify(
-        {"job_id": job_id, "status": record.get("status", "queued"), "status_url": status_url}
-    )
-    resp.status_code = 202
+    if wait > 0:  # submit and long-poll in one request
+        record = _jobs().wait(job_id, wait) or record
+    if wait > 0 and record.get("status") in TERMINAL:
+        resp = jsonify(record)
+    else:
+        resp = jsonify(
+            {"job_id": job_id, "status": record.get("status", "queued"), "status_url": status_url}
+        )
+        resp.status_code = 202
     resp.headers["Location"] = status_url
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
@@ -196,16 +219,7 @@ def segment_alias() -> Response:
 @bp.get("/result/<job_id>")
 def result(job_id: str) -> Response:
     """Return a job's record; `?wait=S` holds the answer until the job ends or S seconds."""
-    raw_wait = request.args.get("wait", "0")
-    try:
-        wait = float(raw_wait)
-        if not 0 <= wait < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise validation_problem(
-            [{"loc": ("wait",), "msg": "must be a number of seconds >= 0", "type": "float_type"}]
-        ) from None
-    record = _jobs().wait(job_id, min(wait, _settings().wait_max))
+    record = _jobs().wait(job_id, _wait_seconds())
     if record is None:
         raise ApiError(
             404, "Job not found", f"no job {job_id!r}: it was never issued, or it has expired"
