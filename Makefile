@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality bench load
+.PHONY: all install install-dev run test test-faults lint format mypy clean bench-quality bench bench-roundtrips load
 
 all: lint mypy test
 
@@ -55,6 +55,11 @@ bench-quality: install-dev
 ## BENCH_ARGS="--artifacts DIR --soak N --name NAME" (see python -m bench.run --help)
 bench: install-dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## bench-roundtrips: Redis commands, round trips and CPU per predict job vs a bare Celery
+## task (counts, not timings; ~3 min); BENCH_ARGS="--artifacts DIR --profile DIR"
+bench-roundtrips: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.roundtrips $(BENCH_ARGS)
 
 ## load: mixed traffic at a fixed rate for two minutes with a retrain in the middle
 load: install-dev

@@ -5,7 +5,9 @@ awaited for a few seconds so the usual answer is the outcome itself."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import redis
 from flask import Response, current_app, request, url_for
@@ -16,6 +18,8 @@ from api.schemas import AdminOutcome, JobAccepted, reply
 from worker.config import Settings
 from worker.contract import JobStore
 from worker.contract import enqueue as queue_job
+
+T = TypeVar("T")
 
 
 def settings() -> Settings:
@@ -34,6 +38,23 @@ def redis_client() -> redis.Redis:
     """Return the app's Redis client."""
     client: redis.Redis = current_app.extensions["redis"]
     return client
+
+
+#: Seconds a process reuses what it read of slowly changing Redis state on the submit path
+#: (the served catalog, the inference queue's depth): at most one read each per second.
+SHARED_READ_TTL = 1.0
+
+
+def shared_read(name: str, read: Callable[[], T]) -> T:
+    """Return `read()`, read at most once per SHARED_READ_TTL seconds by this app."""
+    cache: dict[str, tuple[float, Any]] = current_app.extensions.setdefault("mlstock_reads", {})
+    now = time.monotonic()
+    hit = cache.get(name)
+    if hit is not None and now - hit[0] < SHARED_READ_TTL:
+        return cast(T, hit[1])
+    value = read()
+    cache[name] = (now, value)
+    return value
 
 
 def json_body() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
+from api.admin import shared_read
 from api.auth import PUBLIC_ENDPOINTS, init_auth, presented_key
 from api.errors import ApiError
 from worker.config import Settings
@@ -66,7 +67,9 @@ def _queue_depth() -> None:
     settings: Settings = current_app.config["SETTINGS"]
     client: redis.Redis = current_app.extensions["redis"]
     try:
-        depth = int(client.llen(QUEUE_INFERENCE))
+        # Read at most once a second per process: the limit guards against a backlog, and
+        # a second's worth of submits more is not one.
+        depth = shared_read("queue_depth", lambda: int(client.llen(QUEUE_INFERENCE)))
     except redis.RedisError:
         return  # the submit itself reports Redis being down (after validating the input)
     if depth >= settings.max_queue_depth:

@@ -202,7 +202,8 @@ def _observe(resp: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-    if endpoint in SUBMIT_ENDPOINTS and resp.status_code == 202:
+    # 202, or 200 with the final record for a submit with `?wait=`.
+    if endpoint in SUBMIT_ENDPOINTS and resp.status_code in (200, 202):
         job_type = SUBMIT_ENDPOINTS[endpoint] or (request.view_args or {}).get("job_type")
         replayed = resp.headers.get("Idempotent-Replayed") == "true"
         if not replayed:

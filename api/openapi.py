@@ -125,6 +125,15 @@ IDEMPOTENCY_KEY = {
     "description": "The same key and body return the same job; another body is a 409.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "description": "Hold the answer until the job ends, at most this many seconds (capped by "
+    "WAIT_MAX).",
+    "schema": {"type": "number", "minimum": 0},
+}
+#: A submit's answers: queued (202), or its final record when `?wait` saw it end (200).
+SUBMITTED: dict[int, Answer] = {202: JobAccepted, 200: JobRecord}
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 _MODEL_NAME = {"type": "string", "enum": list(MODEL_NAMES)}
 _DATASET_VERSION = {"type": "string", "description": "16 hex digits."}
@@ -163,10 +172,10 @@ def _submit(job_type: str, body: type[BaseModel], role: str) -> Operation:
     return Operation(
         f"Submit a {job_type} job",
         "jobs",
-        {202: JobAccepted},
+        SUBMITTED,
         errors=(409, 422),
         body=body,
-        parameters=(IDEMPOTENCY_KEY,),
+        parameters=(IDEMPOTENCY_KEY, WAIT),
         path=f"/jobs/{job_type}",
         role=role,
     )
@@ -183,10 +192,10 @@ OPERATIONS: dict[tuple[str, str], tuple[Operation, ...]] = {
         Operation(
             "Submit a predict job (the earlier scaffold's form)",
             "jobs",
-            {202: JobAccepted},
+            SUBMITTED,
             errors=(409, 422),
             body=LegacyPredictPrice,
-            parameters=(IDEMPOTENCY_KEY,),
+            parameters=(IDEMPOTENCY_KEY, WAIT),
             role="submit",
         ),
     ),
@@ -194,10 +203,10 @@ OPERATIONS: dict[tuple[str, str], tuple[Operation, ...]] = {
         Operation(
             "Submit a segment job (the earlier scaffold's form)",
             "jobs",
-            {202: JobAccepted},
+            SUBMITTED,
             errors=(409, 422),
             body=LegacySegment,
-            parameters=(IDEMPOTENCY_KEY,),
+            parameters=(IDEMPOTENCY_KEY, WAIT),
             role="submit",
         ),
     ),
@@ -207,15 +216,7 @@ OPERATIONS: dict[tuple[str, str], tuple[Operation, ...]] = {
             "jobs",
             {200: JobRecord},
             errors=(404, 422),
-            parameters=(
-                {
-                    "name": "wait",
-                    "in": "query",
-                    "description": "Hold the answer until the job ends, at most this many "
-                    "seconds (capped by WAIT_MAX).",
-                    "schema": {"type": "number", "minimum": 0},
-                },
-            ),
+            parameters=(WAIT,),
         ),
     ),
     ("GET", "api.list_jobs"): (

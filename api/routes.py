@@ -15,6 +15,7 @@ from api.admin import jobs as _jobs
 from api.admin import json_body as _json_body
 from api.admin import redis_client as _redis
 from api.admin import settings as _settings
+from api.admin import shared_read
 from api.doctor import diagnose
 from api.errors import ApiError, unavailable, validation_problem
 from api.schemas import Health, JobAccepted, JobList, JobsQuery, Ready, Schedule, reply
@@ -23,6 +24,7 @@ from worker.contract import (
     CATALOG_KEY,
     JOB_TYPES,
     REQUEST_SCHEMAS,
+    TERMINAL,
     JobConflict,
     LegacyPredictPrice,
     LegacySegment,
@@ -36,13 +38,18 @@ from worker.contract import (
     parse_crontab,
     validation_context,
 )
+from worker.observe import job_counts
 
 bp = Blueprint("api", __name__)
 
 
 def _catalog() -> dict[str, Any]:
-    raw = _redis().get(CATALOG_KEY)
-    return json.loads(raw) if raw else {}
+    def read() -> dict[str, Any]:
+        raw = _redis().get(CATALOG_KEY)
+        return json.loads(raw) if raw else {}
+
+    # The workers republish it every few seconds and after each retrain or promotion.
+    return shared_read("catalog", read)
 
 
 def _check_against_models(job_type: str, parsed: Any) -> None:
@@ -100,12 +107,28 @@ def _check_against_models(job_type: str, parsed: Any) -> None:
         raise validation_problem(errors)
 
 
+def _wait_seconds() -> float:
+    """Return the request's `?wait=S` capped at WAIT_MAX (0 without one); 422 when it is
+    not a number of seconds >= 0."""
+    try:
+        wait = float(request.args.get("wait", "0"))
+        if not 0 <= wait < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise validation_problem(
+            [{"loc": ("wait",), "msg": "must be a number of seconds >= 0", "type": "float_type"}]
+        ) from None
+    return min(wait, _settings().wait_max)
+
+
 def submit(job_type: str, body: dict[str, Any]) -> Response:
     """Validate, record and enqueue a job; answer 202 with where to poll.
 
     With an `Idempotency-Key` header the same key and body return the same job; the same
-    key with another body is a 409.
+    key with another body is a 409. With `?wait=S` the answer is the final record (200)
+    when the job ends within S seconds (at most WAIT_MAX), else the 202.
     """
+    wait = _wait_seconds()
     parsed = REQUEST_SCHEMAS[job_type].model_validate(body, context=validation_context(_settings()))
     _check_against_models(job_type, parsed)
     params = parsed.model_dump(mode="json", exclude_none=True)
@@ -131,7 +154,8 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
                 job_id=exc.job_id,
             ) from exc
         if replayed is not None:
-            return _accepted(store.get(replayed) or {"job_id": replayed}, replayed=True)
+            record = store.get(replayed) or {"job_id": replayed}
+            return _accepted(record, replayed=True, wait=wait)
     try:
         record = enqueue(store, celery, job_type, params, job_id=job_id)
     except (redis.RedisError, KombuError) as exc:
@@ -143,16 +167,21 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
             key, body_digest(job_type, params), record["job_id"], ttl=store.ttl(job_type),
             rebind=True,
         )  # fmt: skip
-    return _accepted(record, replayed=record["job_id"] != job_id)
+    return _accepted(record, replayed=record["job_id"] != job_id, wait=wait)
 
 
-def _accepted(record: dict[str, Any], *, replayed: bool = False) -> Response:
+def _accepted(record: dict[str, Any], *, replayed: bool = False, wait: float = 0) -> Response:
     job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
-    resp = reply(
-        JobAccepted, 202, job_id=job_id, status=record.get("status", "queued"),
-        status_url=status_url,
-    )  # fmt: skip
+    if wait > 0:  # submit and long-poll in one request
+        record = _jobs().wait(job_id, wait) or record
+    if wait > 0 and record.get("status") in TERMINAL:
+        resp = jsonify(record)
+    else:
+        resp = reply(
+            JobAccepted, 202, job_id=job_id, status=record.get("status", "queued"),
+            status_url=status_url,
+        )  # fmt: skip
     resp.headers["Location"] = status_url
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
@@ -188,16 +217,7 @@ def segment_alias() -> Response:
 @bp.get("/result/<job_id>")
 def result(job_id: str) -> Response:
     """Return a job's record; `?wait=S` holds the answer until the job ends or S seconds."""
-    raw_wait = request.args.get("wait", "0")
-    try:
-        wait = float(raw_wait)
-        if not 0 <= wait < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise validation_problem(
-            [{"loc": ("wait",), "msg": "must be a number of seconds >= 0", "type": "float_type"}]
-        ) from None
-    record = _jobs().wait(job_id, min(wait, _settings().wait_max))
+    record = _jobs().wait(job_id, _wait_seconds())
     if record is None:
         raise ApiError(
             404, "Job not found", f"no job {job_id!r}: it was never issued, or it has expired"
@@ -231,7 +251,9 @@ def cancel_job(job_id: str) -> Response:
     record = store.get(job_id)
     if record is None:
         raise ApiError(404, "Job not found", f"no job {job_id!r}: never issued, or expired")
-    moved = store.transition(job_id, record["type"], "cancelled", stage="cancelled", error=None)
+    fields: dict[str, Any] = {"stage": "cancelled", "error": None, "finished_at": now_iso()}
+    counts = job_counts(record | fields | {"status": "cancelled"})
+    moved = store.transition(job_id, record["type"], "cancelled", counts=counts, **fields)
     if not moved:
         final = store.get(job_id) or record
         raise ApiError(

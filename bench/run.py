@@ -152,6 +152,11 @@ class Http:
 
     def job(self, path: str, body: Any) -> dict[str, Any]:
         """Submit a job and long-poll its result; raise unless it succeeded."""
+        if "?wait=" in path:  # one request: the submit answers the final record
+            status, record = self.call("POST", path, body)
+            if status != 200 or record["status"] != "succeeded":
+                raise RuntimeError(f"POST {path} -> {status}: {record}")
+            return dict(record)
         status, accepted = self.call("POST", path, body)
         if status != 202:
             raise RuntimeError(f"POST {path} -> {status}: {accepted}")
@@ -516,6 +521,16 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
             "info",
         ),
     }
+    if "e2e_predict_one_request" in r:
+        one = r["e2e_predict_one_request"]
+        out["one_request_p50_over_floor_sum"] = (
+            round(one["sequential"]["p50_ms"] / floor_p50, 2),
+            "info",
+        )
+        out["one_request_c8_tput_over_celery"] = (
+            round(one["c8"]["throughput_per_s"] / celery_tp, 2),
+            "info",
+        )
     if "batch" in r:
         b = r["batch"]
         bound = (
@@ -577,7 +592,10 @@ def table(r: dict[str, Any]) -> str:
         lat(f"floor_inproc {key}", inproc[key])
     lat("floor_http GET /health", r["floor_http"]["sequential"])
     lat("floor_http c8", r["floor_http"]["closed_loop_c8"])
-    for name in ("e2e_predict", "e2e_segment", "e2e_predict_price", "e2e_predict_2workers"):
+    for name in (
+        "e2e_predict", "e2e_predict_one_request", "e2e_segment", "e2e_predict_price",
+        "e2e_predict_2workers",
+    ):  # fmt: skip
         for level, s in r.get(name, {}).items():
             lat(f"{name} {level}", s)
     if "predict_during_retrain" in r:
@@ -675,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         r["floor_http"] = floor_http(http, n)
         say("end to end: predict, segment, /predict_price")
         r["e2e_predict"] = e2e(http, "/jobs/predict", body, n, (1, 8, 32))
+        # The same jobs, submitted and awaited in one request (`POST ...?wait=`).
+        r["e2e_predict_one_request"] = e2e(http, "/jobs/predict?wait=10", body, n, (8,))
         r["e2e_segment"] = e2e(http, "/jobs/segment", {}, n // 2, (8,))
         series = [100.0 + 0.1 * i for i in range(120)]
         r["e2e_predict_price"] = e2e(http, "/predict_price", {"features": series}, n // 2, (8,))

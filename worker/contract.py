@@ -6,12 +6,16 @@ The API imports this module and `worker.config`, nothing else of `worker`, and n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
+import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 
@@ -273,6 +277,8 @@ CATALOG_KEY = f"{KEY_PREFIX}:catalog"
 BOOTSTRAP_KEY = f"{KEY_PREFIX}:bootstrap"
 
 JOBS_INDEX = f"{KEY_PREFIX}:jobs"
+#: The job counters the workers keep and the API's `/metrics` reads (`worker.observe`).
+METRICS_KEY = f"{KEY_PREFIX}:metrics"
 #: Ids of the jobs not yet final, by submit time: what the reconciler looks after.
 ACTIVE_INDEX = f"{KEY_PREFIX}:active"
 BEAT_LAST_KEY = f"{KEY_PREFIX}:beat:last"
@@ -282,27 +288,45 @@ MAX_DELIVERIES = 3
 
 # A transition is refused (0) when the record is already final, or when it would go back to
 # `queued`: a late duplicate delivery can never turn `succeeded` into `running`. Fields are
-# JSON-encoded. A final state restarts the record's TTL and wakes the waiters. Returns the
-# number of deliveries so far (at least 1) when the move is made.
+# JSON-encoded. Mode `create` also indexes the new job (ARGV[6] its score, ARGV[7] the score
+# below which the indexes are trimmed); mode `existing` refuses (-1) when there is no record.
+# A final state restarts the record's TTL, wakes the waiters and adds ARGV[8] (a JSON list
+# of kind, field, increment) to the job counters, so each job is counted once, with its end.
+# Returns {deliveries so far (at least 1) when the move is made, the JSON submit time}.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur then
   cur = cjson.decode(cur)
-  if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return 0 end
+  if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return {0, ''} end
+elseif ARGV[5] == 'existing' then
+  return {-1, ''}
 end
-if ARGV[1] == 'queued' and cur then return 0 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]))
+if ARGV[1] == 'queued' and cur then return {0, ''} end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[1]), unpack(ARGV, 9))
 local attempts = 1
 if ARGV[3] == '1' then
   attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if ARGV[5] == 'create' then
+  for i = 3, 4 do
+    redis.call('ZADD', KEYS[i], ARGV[6], ARGV[4])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[7])
+  end
+end
 if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('PUBLISH', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[4])
+  local counts = cjson.decode(ARGV[8])
+  for i = 1, #counts, 3 do
+    if counts[i] == 'f' then
+      redis.call('HINCRBYFLOAT', KEYS[5], counts[i + 1], counts[i + 2])
+    else
+      redis.call('HINCRBY', KEYS[5], counts[i + 1], counts[i + 2])
+    end
+  end
 end
-return math.max(attempts, 1)
+return {math.max(attempts, 1), redis.call('HGET', KEYS[1], 'submitted_at') or ''}
 """
 
 # Progress only touches a running record (never resurrects an expired key without a TTL);
@@ -350,6 +374,74 @@ def body_digest(job_type: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class DoneListener:
+    """One subscription per process to every job's end, waking the threads waiting for it.
+
+    A long-poll then costs a read of the record before and after, not a connection and a
+    subscription of its own. While not subscribed (at start, or after losing Redis) the
+    waiters are woken to read again, so an end announced meanwhile is never missed.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = {}
+        threading.Thread(target=self._run, name="mlstock-done-listener", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[threading.Event]:
+        """Yield an event set when job `job_id` may have ended."""
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                events = self._waiters.get(job_id, set())
+                events.discard(event)
+                if not events:
+                    self._waiters.pop(job_id, None)
+
+    def _wake(self, job_id: str | None = None) -> None:
+        with self._lock:
+            groups = (
+                list(self._waiters.values())
+                if job_id is None
+                else [self._waiters.get(job_id, set())]
+            )
+            for events in groups:
+                for event in events:
+                    event.set()
+
+    def _run(self) -> None:
+        pattern, prefix, backoff = f"{KEY_PREFIX}:done:*", f"{KEY_PREFIX}:done:", 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.psubscribe(pattern)
+                while True:
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "psubscribe":
+                        self.subscribed.set()  # from now on no end goes unannounced
+                        self._wake()  # ...but one may have ended before: read again
+                        backoff = 0.1
+                    elif message["type"] == "pmessage":
+                        self._wake(_text(message["channel"]).removeprefix(prefix))
+            except (redis.RedisError, OSError, ValueError):
+                self.subscribed.clear()
+                self._wake()
+            finally:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    pubsub.close()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
 class JobConflict(Exception):
     """An Idempotency-Key was reused with a different request."""
 
@@ -371,6 +463,8 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._progress = client.register_script(_PROGRESS)
         self._single_flight = client.register_script(_SINGLE_FLIGHT)
+        self._lock = threading.Lock()
+        self._listener: DoneListener | None = None
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -402,14 +496,7 @@ class JobStore:
             attempts=0,
             params=params,
         )
-        now = time.time()
-        self.transition(job_id, job_type, "queued", **record)
-        pipe = self.redis.pipeline()
-        pipe.zadd(JOBS_INDEX, {job_id: now})
-        pipe.zadd(ACTIVE_INDEX, {job_id: now})
-        for index in (JOBS_INDEX, ACTIVE_INDEX):
-            pipe.zremrangebyscore(index, "-inf", now - self._max_ttl())
-        pipe.execute()
+        self._move(job_id, job_type, "queued", record, mode="create")
         return record
 
     def transition(
@@ -420,20 +507,69 @@ class JobStore:
         /,
         *,
         count_attempt: bool = False,
+        counts: dict[str, float] | None = None,
         **fields: Any,
     ) -> int:
         """Move a job to `status` and set `fields`; return 0 when the move is refused, else
-        the number of deliveries so far."""
-        fields.pop("status", None)
+        the number of deliveries so far. A move to a final state adds `counts` (field ->
+        increment, from `worker.observe.job_counts`) to the job counters."""
+        moved, _ = self._move(
+            job_id, job_type, status, fields, count_attempt=count_attempt, counts=counts
+        )
+        return moved
+
+    def start(
+        self,
+        job_id: str,
+        job_type: str,
+        params: dict[str, Any],
+        /,
+        *,
+        count_attempt: bool = True,
+        **fields: Any,
+    ) -> tuple[int, str | None]:
+        """Move a job to `running` as `transition` does, in one round trip; a job sent by
+        Celery directly (no record) gets its record first. Return the deliveries so far
+        (0: refused) and the job's `submitted_at`."""
+        moved, submitted = self._move(
+            job_id, job_type, "running", fields, mode="existing", count_attempt=count_attempt
+        )
+        if moved == -1:
+            self.create(job_id, job_type, params)
+            moved, submitted = self._move(
+                job_id, job_type, "running", fields, count_attempt=count_attempt
+            )
+        return moved, submitted
+
+    def _move(
+        self,
+        job_id: str,
+        job_type: str,
+        status: Status,
+        fields: dict[str, Any],
+        *,
+        mode: str = "",
+        count_attempt: bool = False,
+        counts: dict[str, float] | None = None,
+    ) -> tuple[int, str | None]:
+        fields = {k: v for k, v in fields.items() if k != "status"}
         ttl = self.ttl(job_type)
         if status in TERMINAL:
             fields.setdefault("finished_at", now_iso())
         fields["expires_at"] = now_iso(datetime.now(UTC) + timedelta(seconds=ttl))
-        argv: list[str] = [status, str(ttl), "1" if count_attempt else "0", job_id]
+        now = time.time()
+        increments: list[str] = []
+        for name, value in (counts or {}).items():
+            increments += ["i" if isinstance(value, int) else "f", name, repr(value)]
+        argv: list[str] = [
+            status, str(ttl), "1" if count_attempt else "0", job_id,
+            mode, repr(now), repr(now - self._max_ttl()), json.dumps(increments),
+        ]  # fmt: skip
         for name, value in fields.items():
             argv += [name, json.dumps(value)]
-        keys = [self.key(job_id), self.channel(job_id), ACTIVE_INDEX]
-        return int(self._transition(keys=keys, args=argv))
+        keys = [self.key(job_id), self.channel(job_id), ACTIVE_INDEX, JOBS_INDEX, METRICS_KEY]
+        moved, submitted = self._transition(keys=keys, args=argv)
+        return int(moved), json.loads(submitted) if submitted else None
 
     def progress(self, job_id: str, progress: float, stage: str) -> str | None:
         """Record how far a running job has got; return its status (None: expired)."""
@@ -458,24 +594,27 @@ class JobStore:
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
         """Return the record once the job is final or `timeout` seconds have passed."""
-        record = self.get(job_id)
-        if record is None or record["status"] in TERMINAL or timeout <= 0:
-            return record
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.channel(job_id))
-            # Read again after subscribing: the job may have ended in between.
-            record = self.get(job_id)
-            deadline = time.monotonic() + timeout
-            while record is not None and record["status"] not in TERMINAL:
+        if timeout <= 0:
+            return self.get(job_id)
+        listener = self._done_listener()
+        deadline = time.monotonic() + timeout
+        with listener.watch(job_id) as woken:
+            while True:
+                # Watching before reading: an end announced after this read wakes us.
+                subscribed = listener.subscribed.is_set()
+                record = self.get(job_id)
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if pubsub.get_message(timeout=min(left, 1.0)) is not None:
-                    record = self.get(job_id)
-        finally:
-            pubsub.close()
-        return record
+                if record is None or record["status"] in TERMINAL or left <= 0:
+                    return record
+                # Not subscribed (starting, or Redis went away): read again shortly.
+                woken.wait(left if subscribed else min(left, 0.1))
+                woken.clear()
+
+    def _done_listener(self) -> DoneListener:
+        with self._lock:
+            if self._listener is None or self._listener.pid != os.getpid():
+                self._listener = DoneListener(self.redis)
+            return self._listener
 
     def unfinished(self, older_than: float) -> list[dict[str, Any]]:
         """Return the records of jobs submitted more than `older_than` seconds ago and not
@@ -719,8 +858,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": 10_000,
         "worker_max_memory_per_child": 1_500_000,  # KiB
         "worker_hijack_root_logger": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No task events: each would be one more Redis round trip per job and state, for
+        # monitors only. Flower turns them on in the workers while it runs.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "task_annotations": {
             TASK_PREDICT: _limits(settings.inference_time_limit),
             TASK_SEGMENT: _limits(settings.inference_time_limit),

@@ -1,9 +1,10 @@
 """Logs and job metrics shared by the API and the workers: a JSON-lines log formatter, the
 logging setup of every process, and job counters kept in Redis.
 
-Workers count each finished job in one Redis hash (a few HINCRBYs); the API's `/metrics`
-reads it at scrape time. So one scrape target covers every worker, however many run,
-whatever their pool (prefork children come and go), and counts survive worker restarts.
+Each finished job is counted in one Redis hash by the transition that records its end (a
+few HINCRBYs in the same script, so once per job); the API's `/metrics` reads it at scrape
+time. So one scrape target covers every worker, however many run, whatever their pool
+(prefork children come and go), and counts survive worker restarts.
 Like `worker.contract` this module imports neither `ml` nor Celery: the API may use it.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.contract import KEY_PREFIX, QUEUE_INFERENCE, QUEUE_TRAINING, TERMINAL
+from worker.contract import METRICS_KEY, QUEUE_INFERENCE, QUEUE_TRAINING
 
 # --- logs ------------------------------------------------------------------------------------
 
@@ -100,9 +101,6 @@ def gunicorn_logconfig(log_format: str) -> dict[str, Any]:
 
 # --- job metrics in Redis --------------------------------------------------------------------
 
-METRICS_KEY = f"{KEY_PREFIX}:metrics"
-#: Set once per job that has been counted, so a duplicate signal never counts it twice.
-COUNTED_PREFIX = f"{KEY_PREFIX}:metrics:counted:"
 #: Upper bounds (seconds) of the job duration and queue wait histograms.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     900.0, 3600.0)  # fmt: skip
@@ -139,30 +137,23 @@ def count_predictions(record: dict[str, Any]) -> int:
     return len(result.get("forecasts") or result.get("assignments") or [])
 
 
-def record_finished(client: redis.Redis, record: dict[str, Any], ttl: int) -> bool:
-    """Count one finished job in Redis; False when it is not final or was counted already."""
-    status, job_type = record.get("status"), record.get("type")
-    if status not in TERMINAL or not job_type:
-        return False
-    if not client.set(COUNTED_PREFIX + str(record["job_id"]), "1", nx=True, ex=ttl):
-        return False
+def job_counts(record: dict[str, Any]) -> dict[str, float]:
+    """Return what a final record adds to the job counters (field -> increment): given to
+    the final transition, which adds it once, atomically with the job's end."""
+    status, job_type = record["status"], record["type"]
     duration, wait = job_timings(record)
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(METRICS_KEY, f"finished|{job_type}|{status}", 1)
+    counts: dict[str, float] = {f"finished|{job_type}|{status}": 1}
     if duration is not None:
-        pipe.hincrby(
-            METRICS_KEY, f"duration_bucket|{job_type}|{_bucket(duration, DURATION_BUCKETS)}", 1
-        )
-        pipe.hincrbyfloat(METRICS_KEY, f"duration_sum|{job_type}", duration)
-        pipe.hincrby(METRICS_KEY, f"duration_count|{job_type}", 1)
+        counts[f"duration_bucket|{job_type}|{_bucket(duration, DURATION_BUCKETS)}"] = 1
+        counts[f"duration_sum|{job_type}"] = float(duration)
+        counts[f"duration_count|{job_type}"] = 1
     if wait is not None:
-        pipe.hincrby(METRICS_KEY, f"wait_bucket|{job_type}|{_bucket(wait, WAIT_BUCKETS)}", 1)
-        pipe.hincrbyfloat(METRICS_KEY, f"wait_sum|{job_type}", wait)
-        pipe.hincrby(METRICS_KEY, f"wait_count|{job_type}", 1)
+        counts[f"wait_bucket|{job_type}|{_bucket(wait, WAIT_BUCKETS)}"] = 1
+        counts[f"wait_sum|{job_type}"] = float(wait)
+        counts[f"wait_count|{job_type}"] = 1
     if status == "succeeded":
-        pipe.hincrby(METRICS_KEY, f"predictions|{job_type}", count_predictions(record))
-    pipe.execute()
-    return True
+        counts[f"predictions|{job_type}"] = count_predictions(record)
+    return counts
 
 
 def read_job_metrics(client: redis.Redis) -> dict[str, float]:

@@ -68,7 +68,9 @@ from worker.lifecycle import (
     reconcile,
     resend,
 )
+from worker.observe import job_counts
 from worker.results import add_history, forecast_result, segment_result
+from worker.telemetry import log_outcome
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -142,23 +144,23 @@ def run_job(
     """Run `body` for the job whose id is the task id, recording every transition."""
     store = jobs()
     job_id = str(task.request.id)
-    if store.get(job_id) is None:  # sent by Celery directly: give it a record
-        store.create(job_id, job_type, request)
-    started = time.perf_counter()
-    deliveries = store.transition(
+    started_at = now_iso()
+    deliveries, submitted_at = store.start(
         job_id,
         job_type,
-        "running",
+        request,
         # A Celery retry (after a transient error) is not another delivery.
         count_attempt=task.request.retries == 0,
-        started_at=now_iso(),
+        started_at=started_at,
         worker=task.request.hostname,
         stage="running",
     )
     if not deliveries:
         log.info("job %s is already final (cancelled, or a duplicate delivery): skipped", job_id)
         return
-    end = functools.partial(finish, task.app, job_id, job_type, request=request)
+    # What the job's end is counted and logged with, known without reading the record.
+    known = {"submitted_at": submitted_at, "started_at": started_at}
+    end = functools.partial(finish, task.app, job_id, job_type, request=request, known=known)
     if deliveries > MAX_DELIVERIES:
         message = f"the worker running this job was lost {deliveries - 1} times"
         end("failed", error={"type": "WorkerLost", "message": message})
@@ -191,9 +193,7 @@ def run_job(
         log.exception("job %s crashed", job_id)
         end("failed", error=_error(exc, "InternalError"))
     else:
-        if end("succeeded", result=result, model_version=version):
-            seconds = time.perf_counter() - started
-            log.info("job %s %s succeeded in %.3fs", job_id, job_type, seconds)
+        end("succeeded", result=result, model_version=version)
 
 
 def finish(
@@ -203,21 +203,28 @@ def finish(
     status: Status,
     *,
     request: dict[str, Any] | None = None,
+    known: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
-    """Record a final state; queue the callback when the job has one. False: already final.
+    """Record a final state, count and log it; queue the callback when the job has one.
+    False: the job was already final.
 
-    With the job's `request` at hand, a job without a callback costs no further read.
+    With the job's `request` and `known` (its `submitted_at` and `started_at`) at hand, a
+    job without a callback costs one round trip to Redis: the transition.
     """
     if status == "succeeded":
         fields.update(progress=1.0, stage="done")
     fields.setdefault("stage", status)
-    if not jobs().transition(job_id, job_type, status, **fields):
+    fields.setdefault("finished_at", now_iso())
+    record = dict(known) if known is not None else (jobs().get(job_id) or {})
+    record.update(fields, job_id=job_id, type=job_type, status=status)
+    if not jobs().transition(job_id, job_type, status, counts=job_counts(record), **fields):
         return False
+    log_outcome(record)
     if request is None or request.get("callback_url"):
-        record = jobs().get(job_id)
-        if record is not None:
-            notify(app, record)
+        final = jobs().get(job_id)
+        if final is not None:
+            notify(app, final)
     return True
 
 

@@ -1,8 +1,8 @@
-"""Worker-side logs and metrics, wired to Celery's signals: JSON log lines carrying the job's
-context, and each finished job counted in Redis for the API's `/metrics`.
+"""Worker-side logs, wired to Celery's signals: JSON log lines carrying the job's context, and
+one line per finished job. (Each finished job is counted for `/metrics` by the transition
+that records its end: see `worker.observe.job_counts`.)
 
-`worker.celery_app` imports this module, so workers and beat log the same way. Task code is
-imported lazily: beat never loads the models' libraries for it.
+`worker.celery_app` imports this module, so workers and beat log the same way.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery._state import get_current_task
-from celery.exceptions import TimeLimitExceeded
 
 from worker.config import Settings
 from worker.contract import TYPE_OF_TASK
-from worker.observe import job_timings, make_formatter, record_finished
+from worker.observe import job_timings, make_formatter
 
 log = logging.getLogger("worker.jobs")
 
@@ -48,31 +46,27 @@ def use_format(logger: logging.Logger, log_format: str) -> None:
 @signals.after_setup_task_logger.connect
 def _format_logs(logger: logging.Logger, **_: Any) -> None:
     use_format(logger, Settings().log_format)
+    # Celery's own "Task ... received" and "... succeeded" lines say per job what our one
+    # "job <status>" line says with more context; their warnings and errors still show.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @signals.task_prerun.connect
 def _job_started(sender: Any = None, task_id: str = "", **_: Any) -> None:
     job_type = TYPE_OF_TASK.get(getattr(sender, "name", ""))
     if job_type is not None:
-        log.info("job started", extra={"job_id": task_id, "type": job_type})
+        log.debug("job started", extra={"job_id": task_id, "type": job_type})
 
 
-def count_job(task_id: str) -> None:
-    """Count a finished job and log its outcome; nothing when it is not final."""
-    from worker.tasks import jobs, redis_client
-
-    store = jobs()
-    record = store.get(task_id)
-    if record is None or not record_finished(
-        redis_client(), record, store.ttl(str(record["type"]))
-    ):
-        return
+def log_outcome(record: dict[str, Any]) -> None:
+    """Log a job's end: one line per job, with its status, model, duration and queue wait."""
     duration, wait = job_timings(record)
     log.info(
         "job %s",
         record["status"],
         extra={
-            "job_id": task_id,
+            "job_id": record["job_id"],
             "type": record["type"],
             "status": record["status"],
             "model_version": record.get("model_version"),
@@ -81,25 +75,3 @@ def count_job(task_id: str) -> None:
             "error": record.get("error"),
         },
     )
-
-
-@signals.task_postrun.connect
-def _job_ended(sender: Any = None, task_id: str = "", **_: Any) -> None:
-    if TYPE_OF_TASK.get(getattr(sender, "name", "")) is None:
-        return
-    try:
-        count_job(task_id)
-    except Exception:  # metrics must never fail a job
-        log.exception("could not count job %s", task_id)
-
-
-@signals.task_failure.connect
-def _job_lost(sender: Any = None, task_id: str = "", exception: Any = None, **_: Any) -> None:
-    # A child that died or hit its hard limit runs no postrun: the main process counts it.
-    if TYPE_OF_TASK.get(getattr(sender, "name", "")) is None:
-        return
-    if isinstance(exception, WorkerLostError | TimeLimitExceeded):
-        try:
-            count_job(task_id)
-        except Exception:
-            log.exception("could not count job %s", task_id)

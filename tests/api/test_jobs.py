@@ -36,6 +36,23 @@ def test_predict_one_ticker(client: FlaskClient) -> None:
     assert forecast["last_close"] > 0
 
 
+def test_submit_with_wait_answers_the_final_record(client: FlaskClient) -> None:
+    ticker = tickers(client)[0]
+    resp = client.post("/jobs/predict?wait=30", json={"ticker": ticker, "horizon": 2})
+    assert resp.status_code == 200
+    record = resp.get_json()
+    assert record["status"] == "succeeded", record["error"]
+    assert resp.headers["Location"].endswith(f"/result/{record['job_id']}")
+    assert client.get(f"/result/{record['job_id']}").get_json() == record
+    [forecast] = record["result"]["forecasts"]
+    check_steps(forecast["steps"], 2)
+    # Without ?wait (or with 0): the 202 as ever. A bad ?wait queues nothing.
+    assert client.post("/jobs/predict?wait=0", json={"ticker": ticker}).status_code == 202
+    before = [j["job_id"] for j in client.get("/jobs?limit=200").get_json()["jobs"]]
+    assert client.post("/jobs/predict?wait=soon", json={"ticker": ticker}).status_code == 422
+    assert [j["job_id"] for j in client.get("/jobs?limit=200").get_json()["jobs"]] == before
+
+
 def test_predict_several_tickers_in_one_job(client: FlaskClient) -> None:
     some = tickers(client)[:4]
     record = run(client, "/jobs/predict", {"tickers": some, "horizon": 3})

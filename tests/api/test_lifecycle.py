@@ -96,17 +96,25 @@ def test_identical_retrains_in_flight_collapse_into_one(client: FlaskClient) -> 
     wait(client, third)
 
 
-def test_cancel_a_queued_job_it_never_runs(client: FlaskClient) -> None:
+def test_cancel_a_queued_job_it_never_runs(client: FlaskClient, stack: Stack) -> None:
+    r = redis.Redis.from_url(stack.redis_url)
+
+    def cancelled_count() -> float:
+        return float(r.hget("mlstock:metrics", "finished|retrain|cancelled") or 0)
+
+    counted = cancelled_count()
     running = submit(client, "/jobs/retrain", {"models": ["forecast"]})
     queued = submit(client, "/jobs/retrain", {"models": ["segment", "forecast"]})
     resp = client.delete(f"/jobs/{queued}")
     assert resp.status_code == 200
     assert resp.get_json()["status"] == "cancelled"
+    assert cancelled_count() == counted + 1  # counted with its end, by the cancel
     wait(client, running, timeout=600)
     time.sleep(1)  # the training worker now takes the cancelled message off the queue
     record = client.get(f"/result/{queued}").get_json()
     assert record["status"] == "cancelled"
     assert record["attempts"] == 0 and record["started_at"] is None
+    assert cancelled_count() == counted + 1  # and never again
     again = client.delete(f"/jobs/{queued}")
     assert again.status_code == 409 and again.mimetype == "application/problem+json"
     assert client.delete("/jobs/00000000-0000-4000-8000-000000000000").status_code == 404

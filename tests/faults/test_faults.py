@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -49,12 +50,27 @@ class Stream(threading.Thread):
             time.sleep(self.interval)
 
 
+def succeeded(log: str) -> Counter[str]:
+    """Count the worker's "job succeeded" lines of predict jobs (one per job), by job id."""
+    found: Counter[str] = Counter()
+    for line in log.splitlines():
+        if '"job succeeded"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == "job succeeded" and entry.get("type") == "predict":
+            found[str(entry["job_id"])] += 1
+    return found
+
+
 def outcome(fs: FaultStack, stream: Stream, worker: str, timeout: float = 180) -> dict[str, Any]:
     """Settle every accepted job; count lost and duplicated results."""
     records = fs.settle(stream.accepted, timeout)
     statuses = Counter(r.get("status") for r in records.values())
     lost = [j for j, r in records.items() if r.get("status") not in FINAL]
-    finished = Counter(re.findall(r"job ([0-9a-f-]{36}) predict succeeded", fs.log(worker)))
+    finished = succeeded(fs.log(worker))
     return {
         "submitted": sum(stream.codes.values()),
         "answers": dict(stream.codes),
@@ -243,8 +259,8 @@ def test_redis_returns_to_baseline_after_retention(
     deadline = time.monotonic() + 60  # every job ends (records expire too soon to poll)
     while client.zcard("mlstock:active") and time.monotonic() < deadline:
         time.sleep(0.2)
-    log = fs.log("worker-inference")
-    answered = sum(f"job {job_id} predict succeeded" in log for job_id in stream.accepted)
+    done = succeeded(fs.log("worker-inference"))
+    answered = sum(job_id in done for job_id in stream.accepted)
     fig: dict[str, Any] = {"accepted": len(stream.accepted), "answered": answered}
     time.sleep(7)  # every record's TTL runs out
     # One more job trims the submit-time index of the expired ids.
