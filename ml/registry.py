@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,18 +351,26 @@ class ModelRegistry:
         found = [p.name for p in parent.iterdir() if _MODEL_VERSION.match(p.name) and p.is_dir()]
         return sorted(found, reverse=True)  # timestamps sort as text
 
-    def trained_through(self, name: str, cutoff: str) -> str | None:
+    def trained_through(
+        self,
+        name: str,
+        cutoff: str,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> str | None:
         """Return the version of ``name`` trained on the latest data through ``cutoff``
-        (an ISO date; the newest such version on a tie), or None if every version saw
-        later data. A point-in-time forecast as of ``cutoff`` may use it: it saw nothing
-        after that day's close."""
+        (an ISO date; the newest such version on a tie) among those whose card ``accept``
+        takes, or None if every such version saw later data. A point-in-time forecast as
+        of ``cutoff`` may use it: it saw nothing after that day's close."""
         best: tuple[str, str] | None = None
         for version in self.versions(name):
             try:
-                through = self.card(name, version).get("trained_through")
+                card = self.card(name, version)
             except MLError:
                 continue  # a card being written or removed: not a candidate
-            if isinstance(through, str) and through <= cutoff:
+            through = card.get("trained_through")
+            if not isinstance(through, str) or through > cutoff:
+                continue
+            if accept is None or accept(card):
                 if best is None or (through, version) > best:
                     best = (through, version)
         return None if best is None else best[1]

@@ -60,7 +60,7 @@ class ModelCache:
         self._stamps: dict[str, Stamp] = {}
         self._refused: dict[str, tuple[Stamp, MLError]] = {}
         self._derived: dict[str, tuple[Served, Any]] = {}
-        self._as_of: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._dataset_tickers: dict[str, frozenset[str]] = {}
         self._pinned: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -111,22 +111,21 @@ class ModelCache:
             )
             return served
 
-    def as_of(self, name: str, day: str, current: Served) -> Served:
+    def as_of(self, name: str, day: str, current: Served, tickers: list[str] | None) -> Served:
         """Return the version of `name` trained on the latest data through `day` (an ISO
-        date), serving `current`'s prices; `current` itself when no version is that old.
+        date) that knows `tickers` (None: all of `current`'s), serving `current`'s prices;
+        `current` itself when no version is that old.
 
-        The lookup reads every card, so it is kept per day for `check_interval`; loaded
-        versions are kept, the `PINNED_KEEP` most recently used.
+        The lookup reads the cards (a replay's cost, not the hot path's); loaded versions
+        are kept, the `PINNED_KEEP` most recently used.
         """
+        wanted = set(tickers) if tickers is not None else set(current.prices["ticker"].unique())
+
+        def knows(card: dict[str, Any]) -> bool:
+            return wanted <= self._tickers(str(card.get("data_version")))
+
         with self._lock:
-            now = time.monotonic()
-            held = self._as_of.get((name, day))
-            if held is None or now - held[0] >= self.check_interval:
-                if len(self._as_of) >= 1024:
-                    self._as_of.clear()
-                held = (now, self.registry.trained_through(name, day))
-                self._as_of[(name, day)] = held
-            version = held[1]
+            version = self.registry.trained_through(name, day, accept=knows)
             if version is None or version == current.version:
                 return current
             key = (name, version)
@@ -140,6 +139,16 @@ class ModelCache:
             while len(self._pinned) > PINNED_KEEP:
                 self._pinned.pop(next(iter(self._pinned)))
             return Served(pinned[0], pinned[1], current.prices)
+
+    def _tickers(self, data_version: str) -> frozenset[str]:
+        # A dataset version is its content: its tickers never change.
+        if data_version not in self._dataset_tickers:
+            try:
+                meta = self.datasets.meta(data_version)
+            except MLError:
+                return frozenset()
+            self._dataset_tickers[data_version] = frozenset(meta["tickers"])
+        return self._dataset_tickers[data_version]
 
     def derived(self, key: str, served: Served, make: Callable[[Served], T]) -> T:
         """Return `make(served)`, computed once per loaded model (e.g. the latest features

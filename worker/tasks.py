@@ -268,7 +268,8 @@ def _predict(
             live = True
         else:
             # A replay: the model trained on the latest data through `as_of`, if any.
-            served = models().as_of("forecast", as_of.date().isoformat(), served)
+            day = as_of.date().isoformat()
+            served = models().as_of("forecast", day, served, req.subject_tickers())
             frame = served.model.predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
             )

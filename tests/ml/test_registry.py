@@ -37,6 +37,12 @@ def test_the_version_for_a_point_in_time_saw_no_later_data(tmp_path: Path) -> No
     assert registry.trained_through("forecast", "2025-10-15") == versions[2]  # newest of a tie
     assert registry.trained_through("forecast", "2026-01-05") == versions[3]
     assert registry.trained_through("segment", "2026-01-05") is None
+    # Only versions the caller accepts (e.g. trained on data holding the tickers asked for).
+    older = {versions[0], versions[1]}
+    pick = registry.trained_through(
+        "forecast", "2026-01-05", accept=lambda c: c["version"] in older
+    )
+    assert pick == versions[1]
 
 
 def test_save_promote_load_round_trip(tmp_path: Path) -> None:
