@@ -35,9 +35,10 @@ SHRINKAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 # A weight above 0 must beat naive on the calibration split by this many standard errors
 # (dates in blocks of the horizon step, so overlapping targets do not inflate the count).
 SHRINKAGE_T = 2.0
-# Interval quantiles are calibrated separately in this many bands of the origin's sigma
-# (Mondrian conformal): normalized residuals are not identically distributed across
-# volatility levels, as vol mean-reverts, so one quantile over- and under-covers.
+# Interval quantiles are calibrated separately, per step, in this many bands of the
+# origin's sigma (Mondrian conformal, edges at the calibration rows' sigma terciles):
+# normalized residuals are not identically distributed across volatility levels, as
+# volatility mean-reverts, so one quantile over- and under-covers.
 VOL_BANDS = 3
 # Fewest training and calibration rows per step for a fit and its quantiles to mean much.
 _MIN_ROWS = 20
@@ -230,9 +231,12 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         Quantiles come from a held-out split: regressors fitted on the first
         ``1 - calibration_fraction`` of dates, then an embargo of ``horizon`` dates so
-        no training target overlaps a calibration one, residuals on the rest. The final
-        regressors are then refitted on all data, which makes the stored intervals
-        slightly conservative. ``progress(fraction)`` is called after each regressor.
+        no training target overlaps a calibration one, residuals on the rest. A step whose
+        point is naive (weight 0) calibrates on every row instead: with no regressor in
+        the point, each residual is out of sample, and the whole history covers more
+        volatility regimes than its last part. Quantiles are per step and per sigma band
+        (edges at that step's calibration sigma terciles). The final regressors are then
+        refitted on all data. ``progress(fraction)`` is called after each regressor.
         """
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
@@ -247,14 +251,8 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         steps = range(1, self.horizon + 1)
         quantiles = np.empty((self.horizon, VOL_BANDS, len(COVERAGES)))
+        band_edges = np.empty((self.horizon, VOL_BANDS - 1))
         shrinkage = np.empty(self.horizon)
-        in_calibration = panel.ready & calibration_part
-        band_edges = (
-            np.quantile(panel.sigma[in_calibration], np.arange(1, VOL_BANDS) / VOL_BANDS)
-            if in_calibration.any()
-            else np.zeros(VOL_BANDS - 1)
-        )
-        band = np.searchsorted(band_edges, panel.sigma, side="right")
         estimators: list[HistGradientBoostingRegressor] = []
         done, total = 0, 2 * self.horizon
         for step in steps:
@@ -272,10 +270,19 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             weight = _best_shrinkage(
                 target[calibration], predicted, date_index[calibration] // step
             )
-            residuals = np.abs(target[calibration] - weight * predicted)
             shrinkage[step - 1] = weight
+            if weight == 0.0:
+                # The naive point uses no regressor, so every row's residual is out of
+                # sample: calibrating on the whole history averages over its volatility
+                # regimes instead of betting on the last calibration_fraction of it.
+                calibration, predicted = usable, np.zeros(int(usable.sum()))
+            residuals = np.abs(target[calibration] - weight * predicted)
+            sigma = panel.sigma[calibration]
+            edges = np.quantile(sigma, np.arange(1, VOL_BANDS) / VOL_BANDS)
+            band = np.searchsorted(edges, sigma, side="right")
+            band_edges[step - 1] = edges
             for b in range(VOL_BANDS):
-                mine = residuals[band[calibration] == b]
+                mine = residuals[band == b]
                 pooled = mine if len(mine) >= _MIN_ROWS else residuals
                 quantiles[step - 1, b] = [_conformal_quantile(pooled, c) for c in COVERAGES]
             done += 1
@@ -474,17 +481,24 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             "date": _add_business_days(origin_date, np.tile(step, len(rows))),
             "close": origin_close * np.exp(center * scale).ravel(),
         }
+        # Versions saved before per-step band edges had one set for all steps, and earlier
+        # ones no bands at all.
+        sigma = panel.sigma[rows]
         quantiles = self.quantiles_[:steps]
-        if quantiles.ndim == 2:  # versions saved before volatility bands: one band
+        if quantiles.ndim == 2:
             half_widths = np.broadcast_to(quantiles[None], (len(rows), *quantiles.shape))
         else:
-            band = np.searchsorted(self.band_edges_, panel.sigma[rows], side="right")
-            half_widths = quantiles.transpose(1, 0, 2)[band]  # (origins, steps, coverages)
+            edges = np.broadcast_to(self.band_edges_, (len(self.estimators_), VOL_BANDS - 1))
+            band = np.column_stack(
+                [np.searchsorted(edges[h], sigma, side="right") for h in range(steps)]
+            )
+            half_widths = quantiles[np.arange(steps)[None, :], band]  # (origins, steps, levels)
+        spread = half_widths * scale[:, :, None]
+        log_center = center * scale
         for i, coverage in enumerate(COVERAGES):
-            half_width = half_widths[:, :, i]
             level = round(coverage * 100)
-            columns[f"lower_{level}"] = origin_close * np.exp((center - half_width) * scale).ravel()
-            columns[f"upper_{level}"] = origin_close * np.exp((center + half_width) * scale).ravel()
+            columns[f"lower_{level}"] = origin_close * np.exp(log_center - spread[:, :, i]).ravel()
+            columns[f"upper_{level}"] = origin_close * np.exp(log_center + spread[:, :, i]).ravel()
         columns["last_date"] = origin_date
         columns["last_close"] = origin_close
         return pd.DataFrame(columns, columns=list(OUTPUT_COLUMNS))
