@@ -541,7 +541,13 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             return levels
         last_origin = panel.date[rows].max()
         after = np.unique(panel.date[(panel.date > through) & (panel.date <= last_origin)])
-        feedback = np.flatnonzero(panel.ready & (panel.date > through) & (panel.date < last_origin))
+        # Each ticker adapts on its own misses: only the requested tickers' rows matter.
+        feedback = np.flatnonzero(
+            panel.ready
+            & (panel.date > through)
+            & (panel.date < last_origin)
+            & np.isin(panel.group, panel.group[rows])
+        )
         origin = np.searchsorted(after, panel.date[feedback])
         counts = np.bincount(origin, minlength=len(after))
         by_date = np.split(np.argsort(origin, kind="stable"), np.cumsum(counts)[:-1])
@@ -569,10 +575,10 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
                     if len(mine) == 0:
                         continue
                     level = np.clip(1.0 - current[group[mine]], LEVEL_GRID[0], LEVEL_GRID[-1])
-                    width = np.array(
-                        [np.interp(lv, LEVEL_GRID, grid[h - 1, b]) for lv, b in
-                         zip(level, band[mine, h - 1], strict=True)]
-                    )  # fmt: skip
+                    width = np.empty(len(mine))
+                    for b in range(VOL_BANDS):
+                        inside = band[mine, h - 1] == b
+                        width[inside] = np.interp(level[inside], LEVEL_GRID, grid[h - 1, b])
                     missed = (residual[mine] > width).astype(np.float64)
                     change = self.adapt_rate * (1.0 - coverage - missed)
                     np.add.at(pending, (reveal[mine], group[mine]), change)
