@@ -75,6 +75,14 @@ def main() -> int:
         results["backtests"][name] = report
         results["rows"].extend(_rows(name, report))
     results["segmentation_synthetic"] = _segmentation(datasets["synthetic"])
+    if "real" in datasets:
+        found = Segmenter().fit(datasets["real"])
+        results["segmentation_real"] = {
+            "n_segments": int(found.n_segments_),
+            "silhouette": float(found.silhouette_),
+            "labels": found.labels_,
+            "assignments": found.assignments(),
+        }
 
     header = (
         f"{'data':<9} {'subset':<8} {'h':>2} {'method':<6} {'relMASE':>8} {'cov80':>6} "
@@ -99,6 +107,16 @@ def main() -> int:
         f"segmentation (synthetic): k={seg['n_segments']}, ARI vs sectors "
         f"{seg['ari_vs_sectors']:.3f}, two-halves ARI {seg['two_halves_ari']:.3f}"
     )
+    if "segmentation_real" in results:
+        real = results["segmentation_real"]
+        members = {
+            label: [t for t, s in real["assignments"].items() if s == segment]
+            for segment, label in real["labels"].items()
+        }
+        print(
+            f"segmentation (real): k={real['n_segments']}, silhouette {real['silhouette']:.3f}, "
+            + "; ".join(f"{label}: {' '.join(t)}" for label, t in members.items())
+        )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1, allow_nan=False, default=str))
     print(f"wrote {OUT.relative_to(ROOT)}")

@@ -54,10 +54,11 @@ def walk_forward(
     of H = ``model.horizon`` dates: no training target reaches the origin), then forecasts
     steps 1..H from every (ticker, date) of the fold, with features from data through that
     date only. Naive (last value) and drift (the ticker's mean log-return so far) run on
-    the same origins, with bands from the conformal quantile of the fold's training
-    h-step moves in units of ``sigma_t * sqrt(h)`` (the model's band construction around a
-    zero or drift center). Returns one row per (ticker, origin, step): log-returns of the
-    actual and of each method's center and bands, plus the origin's trailing volatility.
+    the same origins, with bands from one conformal quantile of the fold's training
+    h-step moves in units of ``sigma_t * sqrt(h)`` around a zero or drift center (the
+    model's construction without its volatility bands and adaptation). Returns one row
+    per (ticker, origin, step): log-returns of the actual and of each method's center
+    and bands, plus the origin's trailing volatility.
     """
     horizon = int(model.horizon)
     if n_origins < 1 or step < 1:

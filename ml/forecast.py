@@ -35,10 +35,14 @@ SHRINKAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 # A weight above 0 must beat naive on the calibration split by this many standard errors
 # (dates in blocks of the horizon step, so overlapping targets do not inflate the count).
 SHRINKAGE_T = 2.0
-# Interval quantiles are calibrated separately in this many bands of the origin's sigma
-# (Mondrian conformal): normalized residuals are not identically distributed across
-# volatility levels, as vol mean-reverts, so one quantile over- and under-covers.
+# Interval quantiles are calibrated separately, per step, in this many bands of the
+# origin's sigma (Mondrian conformal, edges at the calibration rows' sigma terciles):
+# normalized residuals are not identically distributed across volatility levels, as
+# volatility mean-reverts, so one quantile over- and under-covers.
 VOL_BANDS = 3
+# Coverage levels at which calibration quantiles are kept, so adaptive conformal can move
+# the level served between refits (COVERAGES are on the grid).
+LEVEL_GRID = tuple(round(0.5 + i * 0.005, 3) for i in range(100))
 # Fewest training and calibration rows per step for a fit and its quantiles to mean much.
 _MIN_ROWS = 20
 FEATURE_NAMES = (
@@ -62,6 +66,7 @@ OUTPUT_COLUMNS = (
 )
 
 ProgressFn = Callable[[float], None]
+_COVERAGE_AT = [LEVEL_GRID.index(c) for c in COVERAGES]
 
 
 @dataclass(frozen=True)
@@ -162,8 +167,8 @@ class LatestFeatures:
     """The last feature row of every ticker of a price frame, computed once so a served
     model forecasts from the latest data without recomputing features per request."""
 
-    panel: _Panel  # one row per ticker (its last date), in ticker order
-    index: dict[str, int]  # ticker -> row of `panel`
+    panel: _Panel  # every row: adaptive intervals read the errors since the model's fit
+    index: dict[str, int]  # ticker -> row of its last date in `panel` (in ticker order)
     through: pd.Timestamp  # the frame's last date: an `as_of` on or after it changes nothing
 
 
@@ -173,18 +178,8 @@ def latest_features(prices: pd.DataFrame) -> LatestFeatures:
     if len(panel.group) == 0:
         raise InsufficientHistoryError("no prices to forecast from")
     last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
-    rows = _Panel(
-        ticker=panel.ticker[last],
-        date=panel.date[last],
-        close=panel.close[last],
-        log_close=panel.log_close[last],
-        group=panel.group[last],
-        position=panel.position[last],
-        sigma=panel.sigma[last],
-        features=panel.features[last],
-    )
-    index = {str(t): i for i, t in enumerate(rows.ticker)}
-    return LatestFeatures(rows, index, pd.Timestamp(panel.date.max()))
+    index = {str(panel.ticker[i]): int(i) for i in last}
+    return LatestFeatures(panel, index, pd.Timestamp(panel.date.max()))
 
 
 class Forecaster(BaseEstimator):  # type: ignore[misc]
@@ -193,7 +188,10 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
     One global model family for all tickers: a gradient-boosting regressor per horizon
     step ("direct" strategy) on volatility-normalized features, so tickers pool.
     Interval half-widths are split-conformal quantiles of held-out absolute residuals,
-    in units of ``sigma_t * sqrt(h)``, so bands widen in volatile regimes and with h.
+    in units of ``sigma_t * sqrt(h)``, so bands widen in volatile regimes and with h;
+    quantiles are kept per step and per sigma band (Mondrian). Between refits, each
+    ticker's level adapts to its own realized misses (adaptive conformal, step size
+    ``adapt_rate``; 0 serves the calibrated level as is).
 
     Daily returns are mostly noise, so the defaults regularize hard (small trees, large
     leaves, a slow learning rate): less flexible settings came closer to, or beat, the
@@ -214,6 +212,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         max_leaf_nodes: int = 7,
         min_samples_leaf: int = 1000,
         l2_regularization: float = 1.0,
+        adapt_rate: float = 0.005,
         random_state: int = 0,
     ) -> None:
         self.horizon = horizon
@@ -223,6 +222,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         self.max_leaf_nodes = max_leaf_nodes
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
+        self.adapt_rate = adapt_rate
         self.random_state = random_state
 
     def fit(self, prices: pd.DataFrame, *, progress: ProgressFn | None = None) -> Self:
@@ -230,9 +230,12 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         Quantiles come from a held-out split: regressors fitted on the first
         ``1 - calibration_fraction`` of dates, then an embargo of ``horizon`` dates so
-        no training target overlaps a calibration one, residuals on the rest. The final
-        regressors are then refitted on all data, which makes the stored intervals
-        slightly conservative. ``progress(fraction)`` is called after each regressor.
+        no training target overlaps a calibration one, residuals on the rest. A step whose
+        point is naive (weight 0) calibrates on every row instead: with no regressor in
+        the point, each residual is out of sample, and the whole history covers more
+        volatility regimes than its last part. Quantiles are per step and per sigma band
+        (edges at that step's calibration sigma terciles). The final regressors are then
+        refitted on all data. ``progress(fraction)`` is called after each regressor.
         """
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
@@ -247,14 +250,9 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         steps = range(1, self.horizon + 1)
         quantiles = np.empty((self.horizon, VOL_BANDS, len(COVERAGES)))
+        level_quantiles = np.empty((self.horizon, VOL_BANDS, len(LEVEL_GRID)))
+        band_edges = np.empty((self.horizon, VOL_BANDS - 1))
         shrinkage = np.empty(self.horizon)
-        in_calibration = panel.ready & calibration_part
-        band_edges = (
-            np.quantile(panel.sigma[in_calibration], np.arange(1, VOL_BANDS) / VOL_BANDS)
-            if in_calibration.any()
-            else np.zeros(VOL_BANDS - 1)
-        )
-        band = np.searchsorted(band_edges, panel.sigma, side="right")
         estimators: list[HistGradientBoostingRegressor] = []
         done, total = 0, 2 * self.horizon
         for step in steps:
@@ -272,12 +270,22 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             weight = _best_shrinkage(
                 target[calibration], predicted, date_index[calibration] // step
             )
-            residuals = np.abs(target[calibration] - weight * predicted)
             shrinkage[step - 1] = weight
+            if weight == 0.0:
+                # The naive point uses no regressor, so every row's residual is out of
+                # sample: calibrating on the whole history averages over its volatility
+                # regimes instead of betting on the last calibration_fraction of it.
+                calibration, predicted = usable, np.zeros(int(usable.sum()))
+            residuals = np.abs(target[calibration] - weight * predicted)
+            sigma = panel.sigma[calibration]
+            edges = np.quantile(sigma, np.arange(1, VOL_BANDS) / VOL_BANDS)
+            band = np.searchsorted(edges, sigma, side="right")
+            band_edges[step - 1] = edges
             for b in range(VOL_BANDS):
-                mine = residuals[band[calibration] == b]
+                mine = residuals[band == b]
                 pooled = mine if len(mine) >= _MIN_ROWS else residuals
-                quantiles[step - 1, b] = [_conformal_quantile(pooled, c) for c in COVERAGES]
+                level_quantiles[step - 1, b] = [_conformal_quantile(pooled, c) for c in LEVEL_GRID]
+                quantiles[step - 1, b] = level_quantiles[step - 1, b, _COVERAGE_AT]
             done += 1
             if progress is not None:
                 progress(done / total)
@@ -291,6 +299,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
         self.estimators_ = estimators
         self.quantiles_ = quantiles
+        self.level_quantiles_ = level_quantiles
         self.shrinkage_ = shrinkage
         self.band_edges_ = band_edges
         self.point_ = (
@@ -373,7 +382,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         check_is_fitted(self)
         steps = self._steps(horizon)
         if tickers is None:
-            rows = np.arange(len(latest.index))
+            rows = np.array(sorted(latest.index.values()), dtype=np.intp)
         else:
             wanted = list(dict.fromkeys(normalize_tickers(tickers)))
             unknown = [t for t in wanted if t not in latest.index]
@@ -449,22 +458,10 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
     def _forecast_rows(self, panel: _Panel, rows: np.ndarray, steps: int) -> pd.DataFrame:
         """Forecast the given panel rows: one regressor call per step over all of them."""
-        features = panel.features[rows]
         step = np.arange(1, steps + 1)
         # (origins, steps) matrices; row-major flattening keeps the panel's ticker/date
         # order with the steps of each origin together.
-        # Versions saved before shrinkage existed served the regressor as is.
-        weights = getattr(self, "shrinkage_", np.ones(len(self.estimators_)))
-        # A weight of 0 (the naive point, what daily prices usually earn) needs no regressor
-        # call: 0 * prediction is 0 for the finite features of a ready row.
-        center = np.column_stack(
-            [
-                weights[h - 1] * self.estimators_[h - 1].predict(features)
-                if weights[h - 1] != 0.0
-                else np.zeros(len(rows))
-                for h in step
-            ]
-        )
+        center = self._centers(panel.features[rows], steps)
         scale = panel.sigma[rows, None] * np.sqrt(step)
         origin_close = np.repeat(panel.close[rows], steps)
         origin_date = pd.DatetimeIndex(np.repeat(panel.date[rows], steps))
@@ -474,20 +471,120 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             "date": _add_business_days(origin_date, np.tile(step, len(rows))),
             "close": origin_close * np.exp(center * scale).ravel(),
         }
-        quantiles = self.quantiles_[:steps]
-        if quantiles.ndim == 2:  # versions saved before volatility bands: one band
-            half_widths = np.broadcast_to(quantiles[None], (len(rows), *quantiles.shape))
-        else:
-            band = np.searchsorted(self.band_edges_, panel.sigma[rows], side="right")
-            half_widths = quantiles.transpose(1, 0, 2)[band]  # (origins, steps, coverages)
+        spread = self._half_widths(panel, rows, steps) * scale[:, :, None]
+        log_center = center * scale
         for i, coverage in enumerate(COVERAGES):
-            half_width = half_widths[:, :, i]
             level = round(coverage * 100)
-            columns[f"lower_{level}"] = origin_close * np.exp((center - half_width) * scale).ravel()
-            columns[f"upper_{level}"] = origin_close * np.exp((center + half_width) * scale).ravel()
+            columns[f"lower_{level}"] = origin_close * np.exp(log_center - spread[:, :, i]).ravel()
+            columns[f"upper_{level}"] = origin_close * np.exp(log_center + spread[:, :, i]).ravel()
         columns["last_date"] = origin_date
         columns["last_close"] = origin_close
         return pd.DataFrame(columns, columns=list(OUTPUT_COLUMNS))
+
+    def _centers(self, features: np.ndarray, steps: int) -> np.ndarray:
+        """Return the normalized point forecast of each feature row for steps 1..steps."""
+        # Versions saved before shrinkage existed served the regressor as is.
+        weights = getattr(self, "shrinkage_", np.ones(len(self.estimators_)))
+        # A weight of 0 (the naive point, what daily prices usually earn) needs no regressor
+        # call: 0 * prediction is 0 for the finite features of a ready row.
+        return np.column_stack(
+            [
+                weights[h] * self.estimators_[h].predict(features)
+                if weights[h] != 0.0
+                else np.zeros(len(features))
+                for h in range(steps)
+            ]
+        )
+
+    def _bands(self, sigma: np.ndarray, steps: int) -> np.ndarray:
+        """Return the Mondrian band of each origin's sigma per step: (origins, steps)."""
+        # Versions saved before per-step band edges had one set for all steps.
+        edges = np.broadcast_to(self.band_edges_, (len(self.estimators_), VOL_BANDS - 1))
+        return np.column_stack(
+            [np.searchsorted(edges[h], sigma, side="right") for h in range(steps)]
+        ).reshape(len(sigma), steps)
+
+    def _half_widths(self, panel: _Panel, rows: np.ndarray, steps: int) -> np.ndarray:
+        """Return normalized half-widths (origins, steps, coverages) at the served levels."""
+        quantiles = self.quantiles_[:steps]
+        if quantiles.ndim == 2:  # versions saved before volatility bands: one band
+            return np.broadcast_to(quantiles[None], (len(rows), *quantiles.shape))
+        band = self._bands(panel.sigma[rows], steps)
+        grid = getattr(self, "level_quantiles_", None)
+        if grid is None:  # versions saved before adaptive levels
+            half: np.ndarray = quantiles[np.arange(steps)[None, :], band]
+            return half
+        levels = self._served_levels(panel, rows, steps)
+        half = np.empty(levels.shape)
+        for h in range(steps):
+            for b in range(VOL_BANDS):
+                mine = band[:, h] == b
+                half[mine, h] = np.interp(levels[mine, h], LEVEL_GRID, grid[h, b])
+        return half
+
+    def _served_levels(self, panel: _Panel, rows: np.ndarray, steps: int) -> np.ndarray:
+        """Return the coverage level served per origin row, step and nominal coverage.
+
+        Adaptive conformal inference (Gibbs and Candes, 2021) between refits, per ticker:
+        for origins after the last training date, each earlier forecast of the ticker
+        whose close is known by then moves its miscoverage level, ``alpha += adapt_rate *
+        (nominal alpha - missed)``, measured with the level served then. A regime the
+        calibration did not see (a volatility spike, a calm spell) thus widens or narrows
+        the ticker's bands within weeks instead of at the next refit. Only closes dated on
+        or before an origin reach its level, and only the ticker's own history.
+        """
+        levels = np.empty((len(rows), steps, len(COVERAGES)))
+        levels[:] = COVERAGES
+        through = pd.Timestamp(self.trained_through_).to_datetime64()
+        served = panel.date[rows] > through
+        if self.adapt_rate == 0.0 or not served.any():
+            return levels
+        last_origin = panel.date[rows].max()
+        after = np.unique(panel.date[(panel.date > through) & (panel.date <= last_origin)])
+        # Each ticker adapts on its own misses: only the requested tickers' rows matter.
+        feedback = np.flatnonzero(
+            panel.ready
+            & (panel.date > through)
+            & (panel.date < last_origin)
+            & np.isin(panel.group, panel.group[rows])
+        )
+        origin = np.searchsorted(after, panel.date[feedback])
+        counts = np.bincount(origin, minlength=len(after))
+        by_date = np.split(np.argsort(origin, kind="stable"), np.cumsum(counts)[:-1])
+        group = panel.group[feedback]
+        n_groups = int(panel.group.max()) + 1
+        centers = self._centers(panel.features[feedback], steps)
+        band = self._bands(panel.sigma[feedback], steps)
+        position = np.searchsorted(after, panel.date[rows[served]])
+        grid = self.level_quantiles_
+        for h in range(1, steps + 1):
+            target = panel.target(h)[feedback]
+            realized = panel.date[np.minimum(feedback + h, len(panel.date) - 1)]
+            # Index in `after` of the date each outcome is known (len(after): not by then).
+            reveal = np.searchsorted(after, realized)
+            usable = np.isfinite(target) & (reveal < len(after))
+            residual = np.abs(target - centers[:, h - 1])
+            for i, coverage in enumerate(COVERAGES):
+                alpha = np.empty((len(after), n_groups))
+                pending = np.zeros((len(after), n_groups))
+                current = np.full(n_groups, 1.0 - coverage)
+                for t in range(len(after)):
+                    current += pending[t]
+                    alpha[t] = current
+                    mine = by_date[t][usable[by_date[t]]]
+                    if len(mine) == 0:
+                        continue
+                    level = np.clip(1.0 - current[group[mine]], LEVEL_GRID[0], LEVEL_GRID[-1])
+                    width = np.empty(len(mine))
+                    for b in range(VOL_BANDS):
+                        inside = band[mine, h - 1] == b
+                        width[inside] = np.interp(level[inside], LEVEL_GRID, grid[h - 1, b])
+                    missed = (residual[mine] > width).astype(np.float64)
+                    change = self.adapt_rate * (1.0 - coverage - missed)
+                    np.add.at(pending, (reveal[mine], group[mine]), change)
+                chosen = alpha[position, panel.group[rows[served]]]
+                levels[served, h - 1, i] = np.clip(1.0 - chosen, LEVEL_GRID[0], LEVEL_GRID[-1])
+        return levels
 
 
 def _add_business_days(dates: pd.DatetimeIndex, days: np.ndarray) -> pd.DatetimeIndex:

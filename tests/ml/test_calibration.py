@@ -1,0 +1,155 @@
+"""Interval calibration on a held-out synthetic period, against binomial error bands.
+
+Coverage indicators are correlated (tickers share market and sector factors, and h-step
+windows overlap), so the bands count one independent trial per block of h test dates:
+fewer trials than forecasts, hence a wider, honest band. Each test also checks that the
+band has power: bands half or twice as wide fall outside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.data import synthetic_market
+from ml.forecast import COVERAGES, Forecaster, latest_features
+
+HORIZON = 5
+TEST_DATES = 250
+# Standard errors of the band: a correct model fails it about 3 times in 1000.
+Z = 3.0
+
+
+@pytest.fixture(scope="module")
+def unseen() -> pd.DataFrame:
+    """Return a market the other tests do not use (seed 3)."""
+    return synthetic_market(seed=3)
+
+
+@pytest.fixture(scope="module")
+def prefix_model(unseen: pd.DataFrame) -> Forecaster:
+    """Return a forecaster fitted before the last TEST_DATES + HORIZON dates of ``unseen``
+    (an embargo of HORIZON dates before the first test origin)."""
+    dates = np.sort(unseen["date"].unique())
+    return Forecaster(horizon=HORIZON).fit(
+        unseen[unseen["date"] < dates[-TEST_DATES - 2 * HORIZON]]
+    )
+
+
+@pytest.fixture(scope="module")
+def held_out(unseen: pd.DataFrame, prefix_model: Forecaster) -> pd.DataFrame:
+    """Forecast the last TEST_DATES dates of ``unseen`` from the earlier fit: one row per
+    (ticker, origin, step) with the log-move actually realized and the bands around it."""
+    market = unseen
+    start = np.sort(market["date"].unique())[-TEST_DATES - HORIZON]
+    forecast = prefix_model.predict_origins(market, start=start)
+    closes = market.set_index(["ticker", "date"])["close"]
+    realized = pd.MultiIndex.from_arrays([forecast["ticker"], forecast["date"]])
+    forecast["actual"] = closes.reindex(realized).to_numpy()
+    forecast = forecast[forecast["actual"].notna()].reset_index(drop=True)
+    base = np.log(forecast["last_close"])
+    for column in ("actual", "close", "lower_80", "upper_80", "lower_95", "upper_95"):
+        forecast[column] = np.log(forecast[column]) - base
+    return forecast
+
+
+def _band(coverage: float, step: int, n_dates: int) -> tuple[float, float]:
+    """Return nominal +/- Z binomial standard errors, one trial per block of step dates."""
+    trials = max(n_dates // step, 1)
+    error = Z * math.sqrt(coverage * (1 - coverage) / trials)
+    return coverage - error, coverage + error
+
+
+def _coverage(frame: pd.DataFrame, level: int, stretch: float = 1.0) -> float:
+    """Return the share of realized moves inside the band scaled about its center."""
+    lower = frame["close"] + stretch * (frame[f"lower_{level}"] - frame["close"])
+    upper = frame["close"] + stretch * (frame[f"upper_{level}"] - frame["close"])
+    return float(((lower <= frame["actual"]) & (frame["actual"] <= upper)).mean())
+
+
+@pytest.mark.parametrize("step", [1, HORIZON])
+@pytest.mark.parametrize("coverage", COVERAGES)
+def test_held_out_coverage_is_within_binomial_error(
+    held_out: pd.DataFrame, step: int, coverage: float
+) -> None:
+    rows = held_out[held_out["step"] == step]
+    level = round(coverage * 100)
+    low, high = _band(coverage, step, rows["last_date"].nunique())
+    assert low <= _coverage(rows, level) <= high
+    # Power: intervals half as wide fail this test, and so do twice as wide ones unless
+    # the band reaches 100% (few trials at the 95% level).
+    assert _coverage(rows, level, 1 / 2) < low
+    assert high >= 1 or _coverage(rows, level, 2) > high
+
+
+def test_coverage_holds_in_calm_and_volatile_origins(held_out: pd.DataFrame) -> None:
+    """Bands follow volatility: origins split at the median band width cover alike."""
+    rows = held_out[held_out["step"] == 1]
+    width = rows["upper_80"] - rows["lower_80"]
+    for part in (rows[width <= width.median()], rows[width > width.median()]):
+        low, high = _band(0.80, 1, part["last_date"].nunique())
+        assert low <= _coverage(part, 80) <= high
+    # A band of one width for all origins misses this: calm ones over-cover.
+    fixed = rows.assign(lower_80=-width.mean() / 2, upper_80=width.mean() / 2, close=0.0)
+    calm = fixed[width <= width.median()]
+    assert _coverage(calm, 80) > _band(0.80, 1, calm["last_date"].nunique())[1]
+
+
+def _with_returns_scaled(
+    market: pd.DataFrame, ticker: str, since: pd.Timestamp, factor: float
+) -> pd.DataFrame:
+    """Return ``market`` with ``ticker``'s daily log-returns from ``since`` on times factor."""
+    rows = (market["ticker"] == ticker).to_numpy()
+    closes = market.loc[rows, "close"].to_numpy()
+    dates = market.loc[rows, "date"].to_numpy()
+    returns = np.diff(np.log(closes), prepend=np.log(closes[0]))
+    returns[dates >= since] *= factor
+    changed = market.copy()
+    changed.loc[rows, "close"] = closes[0] * np.exp(np.cumsum(returns))
+    return changed
+
+
+@pytest.mark.parametrize(("factor", "wider"), [(3.0, True), (0.3, False)])
+def test_adaptive_levels_follow_a_regime_the_calibration_never_saw(
+    unseen: pd.DataFrame, prefix_model: Forecaster, factor: float, wider: bool
+) -> None:
+    """A ticker whose moves turn 3x larger misses its bands until its volatility estimate
+    catches up: adaptive conformal raises its level and widens the band; a ticker turned
+    calm is always inside, so its band narrows. Without adaptation nothing moves."""
+    dates = np.sort(unseen["date"].unique())
+    since = pd.Timestamp(dates[-TEST_DATES])
+    changed = _with_returns_scaled(unseen, "TEC01", since, factor)
+    as_of = dates[-TEST_DATES + 15]
+    adaptive = prefix_model.predict(changed, tickers=["TEC01"], horizon=1, as_of=as_of)
+    fixed = copy.deepcopy(prefix_model).set_params(adapt_rate=0.0)
+    plain = fixed.predict(changed, tickers=["TEC01"], horizon=1, as_of=as_of)
+    ratio = (adaptive["upper_80"] / adaptive["lower_80"]) / (plain["upper_80"] / plain["lower_80"])
+    assert (ratio.iloc[0] > 1.0) == wider and ratio.iloc[0] != 1.0
+    first = dates[dates > prefix_model.trained_through_][0]  # no outcome known there yet
+    before = prefix_model.predict(changed, tickers=["TEC01"], horizon=1, as_of=first)
+    same = fixed.predict(changed, tickers=["TEC01"], horizon=1, as_of=first)
+    pd.testing.assert_frame_equal(before, same)
+
+
+def test_adaptive_paths_agree_and_ignore_other_tickers(
+    unseen: pd.DataFrame, prefix_model: Forecaster
+) -> None:
+    """With adaptation active (origins after the fit), the backtest's vectorised path, the
+    workers' precomputed path and predict(as_of) serve the same bands, and a ticker's
+    bands depend on its own history only."""
+    dates = np.sort(unseen["date"].unique())
+    day = pd.Timestamp(dates[-100])
+    through = unseen[unseen["date"] <= day]
+    expected = prefix_model.predict(unseen, as_of=day)
+    origins = prefix_model.predict_origins(unseen, start=day)
+    got = origins[origins["last_date"] == day].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    pd.testing.assert_frame_equal(prefix_model.predict_latest(latest_features(through)), expected)
+    alone = prefix_model.predict(through[through["ticker"] == "FIN02"])
+    pd.testing.assert_frame_equal(
+        alone, expected[expected["ticker"] == "FIN02"].reset_index(drop=True)
+    )
