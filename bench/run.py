@@ -488,7 +488,7 @@ def machine() -> dict[str, Any]:
 
 
 def ratios(r: dict[str, Any]) -> dict[str, Any]:
-    """Return the targets of issue #6 as ratios, each with whether it is met."""
+    """Return the performance targets as ratios, each with whether it is met."""
     floor_p50 = (
         r["floor_celery"]["sequential"]["p50_ms"]
         + r["floor_http"]["sequential"]["p50_ms"]

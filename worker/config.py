@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
     web_concurrency: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
-    # --- security and limits (issue #5) ---
+    # --- security and limits ---
     model_signing_key: SecretStr | None = Field(
         None, description="HMAC-SHA256 key signing model artifacts; unset: sha256 only."
     )

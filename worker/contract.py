@@ -880,7 +880,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-# --- registry, datasets and their quick admin jobs (issue #5) -------------------------------
+# --- registry, datasets and their quick admin jobs -----------------------------------------
 
 TASK_PROMOTE = "worker.promote"
 TASK_ACTIVATE = "worker.activate_dataset"

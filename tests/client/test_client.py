@@ -115,8 +115,7 @@ def test_unreachable_service_is_unavailable() -> None:
 
 
 def test_problem_statuses_map_to_errors() -> None:
-    """The mapping of statuses this branch's API does not produce itself (429 comes with
-    the rate limits of issue #5)."""
+    """Each problem status maps to its typed error, whatever the server sends with it."""
     request = httpx.Request("GET", "http://x/jobs")
     problem = {"type": "/problems/rate-limited", "title": "Too many requests", "status": 429,
                "detail": "slow down"}  # fmt: skip
