@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 PRICE_DECIMALS = 4
@@ -14,13 +15,18 @@ def _day(value: Any) -> str | None:
     return None if value is None or pd.isna(value) else pd.Timestamp(value).date().isoformat()
 
 
+def _days(column: pd.Series) -> list[str | None]:
+    """Return a date column as ISO days (None where missing), converted in one numpy call."""
+    days = pd.to_datetime(column).to_numpy(dtype="datetime64[D]")
+    return [None if d == "NaT" else str(d) for d in np.datetime_as_string(days)]
+
+
 def forecast_result(frame: pd.DataFrame, version: str, horizon: int) -> dict[str, Any]:
     """Group a forecast frame (one row per ticker and step) into one entry per ticker."""
     # Plain lists rather than pandas row access: this runs for every predict job.
     tickers = frame["ticker"].astype(str).tolist()
     steps = frame["step"].astype(int).tolist()
-    dates = [_day(d) for d in frame["date"].tolist()]
-    last_dates = [_day(d) for d in frame["last_date"].tolist()]
+    dates, last_dates = _days(frame["date"]), _days(frame["last_date"])
     last_closes = frame["last_close"].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist()
     bands = {c: frame[c].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist() for c in BAND_COLUMNS}
     forecasts: list[dict[str, Any]] = []
