@@ -17,19 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-LEDGER_COLUMNS = (
-    "model_version",
-    "ticker",
-    "as_of",
-    "step",
-    "date",
-    "close",
-    "lower_80",
-    "upper_80",
-    "lower_95",
-    "upper_95",
-    "last_close",
-)
+from ml.forecast import BAND_COLUMNS
+
+LEDGER_COLUMNS = ("model_version", "ticker", "as_of", "step", "date", *BAND_COLUMNS, "last_close")
 LEVELS = (80, 95)
 
 

@@ -52,18 +52,9 @@ FEATURE_NAMES = (
     "vol_ratio_5_40",
     f"dist_high_{HIGH_WINDOW}",
 )
-OUTPUT_COLUMNS = (
-    "ticker",
-    "step",
-    "date",
-    "close",
-    "lower_80",
-    "upper_80",
-    "lower_95",
-    "upper_95",
-    "last_date",
-    "last_close",
-)
+#: A forecast step's point and interval bounds.
+BAND_COLUMNS = ("close", "lower_80", "upper_80", "lower_95", "upper_95")
+OUTPUT_COLUMNS = ("ticker", "step", "date", *BAND_COLUMNS, "last_date", "last_close")
 
 ProgressFn = Callable[[float], None]
 _COVERAGE_AT = [LEVEL_GRID.index(c) for c in COVERAGES]

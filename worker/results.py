@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml.forecast import BAND_COLUMNS
+
 PRICE_DECIMALS = 4
-BAND_COLUMNS = ("close", "lower_80", "upper_80", "lower_95", "upper_95")
 
 
 def _day(value: Any) -> str | None:
