@@ -17,6 +17,7 @@ from typing import Literal
 from flask import Flask, current_app, g, request
 
 from api.errors import ApiError
+from api.submits import submitted_type
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ PUBLIC_ENDPOINTS = {
     "openapi.spec",
     "openapi.docs",
 }
-#: POST endpoints a `submit` key may call; any other write needs `admin`.
-SUBMIT_ENDPOINTS = {"api.predict_price", "api.segment_alias"}
 
 
 class ApiKeyError(ValueError):
@@ -93,10 +92,9 @@ def required_role() -> Role | None:
         return None
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return "read"
-    if endpoint in SUBMIT_ENDPOINTS:
-        return "submit"
-    if endpoint == "api.create_job":
-        job_type = (request.view_args or {}).get("job_type")
+    # A `submit` key may queue inference jobs; a retrain, like any other write, is admin's.
+    job_type = submitted_type()
+    if job_type is not None:
         return "admin" if job_type == "retrain" else "submit"
     return "admin"
 

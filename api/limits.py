@@ -16,12 +16,11 @@ from flask_limiter.errors import RateLimitExceeded
 from api.admin import shared_read
 from api.auth import PUBLIC_ENDPOINTS, init_auth, presented_key
 from api.errors import ApiError
+from api.submits import submitted_type
 from worker.config import Settings
-from worker.contract import QUEUE_INFERENCE
+from worker.contract import JOB_TYPES, QUEUE_INFERENCE
 
 log = logging.getLogger(__name__)
-#: Endpoints that queue work on the inference queue.
-INFERENCE_SUBMITS = {"api.predict_price", "api.segment_alias"}
 UPLOAD_ENDPOINTS = {"datasets.upload"}
 QUEUE_RETRY_AFTER = 5
 
@@ -55,14 +54,8 @@ def _body_limit() -> None:
 
 
 def _queue_depth() -> None:
-    if request.method != "POST":
-        return
-    endpoint = request.endpoint
-    is_inference = endpoint in INFERENCE_SUBMITS or (
-        endpoint == "api.create_job"
-        and (request.view_args or {}).get("job_type") in ("predict", "segment")
-    )
-    if not is_inference:
+    job_type = submitted_type()
+    if job_type not in JOB_TYPES or JOB_TYPES[job_type][1] != QUEUE_INFERENCE:
         return
     settings: Settings = current_app.config["SETTINGS"]
     client: redis.Redis = current_app.extensions["redis"]

@@ -34,17 +34,12 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from api.submits import submitted_type
 from worker.contract import CATALOG_KEY, WORKERS_KEY, live_workers
 from worker.observe import DURATION_BUCKETS, WAIT_BUCKETS, queue_depths, read_job_metrics
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger("api.jobs")
-#: Endpoints that submit a job, and the job type each submits (None: from the URL).
-SUBMIT_ENDPOINTS: dict[str, str | None] = {
-    "api.create_job": None,
-    "api.predict_price": "predict",
-    "api.segment_alias": "segment",
-}
 
 
 class ApiMetrics:
@@ -203,8 +198,8 @@ def _observe(resp: Response) -> Response:
     if started is not None:
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
     # 202, or 200 with the final record for a submit with `?wait=`.
-    if endpoint in SUBMIT_ENDPOINTS and resp.status_code in (200, 202):
-        job_type = SUBMIT_ENDPOINTS[endpoint] or (request.view_args or {}).get("job_type")
+    job_type = submitted_type()
+    if job_type is not None and resp.status_code in (200, 202):
         replayed = resp.headers.get("Idempotent-Replayed") == "true"
         if not replayed:
             metrics.submitted.labels(str(job_type)).inc()

@@ -99,16 +99,18 @@ class ModelCache:
                     exc,
                 )
                 return served
-            served = Served(model, card, prices)
+            previous, served = served, Served(model, card, prices)
             self._served[name] = served
             if stamp is not None:
                 self._stamps[name] = stamp
             self._refused.pop(name, None)
             self.loads += 1
-            # One line per load: the benchmark's soak counts them (0 expected after warm-up).
-            log.info(
-                "loaded model %s %s (load %d of this process)", name, served.version, self.loads
-            )
+            # One line per load. The benchmark's soak counts them: a process's first load
+            # of a model, and a reload when the current version (or its file) changed.
+            if previous is None:
+                log.info("loaded model %s %s (first load in this process)", name, served.version)
+            else:
+                log.info("reloaded model %s %s (was %s)", name, served.version, previous.version)
             return served
 
     def as_of(self, name: str, day: str, current: Served, tickers: list[str] | None) -> Served:

@@ -477,11 +477,15 @@ def training_data(conf: Settings, store: DatasetStore) -> tuple[pd.DataFrame, st
 
 
 def _lower_priority() -> None:
-    # Training yields the CPU to inference workers on the same machine.
+    # Training yields the CPU to inference workers on the same machine: niced, and on
+    # Linux in the idle scheduling class, so a waking inference process preempts it at once.
     target = settings().training_nice
     current = os.nice(0)
     if current < target:
         os.nice(target - current)
+    if target > 0 and hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 # --- process setup, heartbeat and the catalog the API validates against ---------------------
