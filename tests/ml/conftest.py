@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
@@ -46,3 +47,24 @@ def real_prices() -> pd.DataFrame:
     if not REAL_DATA.is_file():
         pytest.skip(f"real sample data not found at {REAL_DATA}")
     return read_prices_csv(REAL_DATA)
+
+
+def mean_reverting_market(seed: int = 1, n: int = 8, days: int = 500) -> pd.DataFrame:
+    """Tickers whose daily returns are AR(1) with coefficient -0.3: a learnable pattern."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        shocks = rng.normal(0, 0.01, days)
+        returns = np.zeros(days)
+        for t in range(1, days):
+            returns[t] = -0.3 * returns[t - 1] + shocks[t]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": pd.bdate_range("2020-01-01", periods=days),
+                    "ticker": f"AR{i:02d}",
+                    "close": 50 * np.exp(np.cumsum(returns)),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -9,6 +9,7 @@ import pytest
 from ml.backtest import holdout_forecast
 from ml.forecast import Forecaster
 from ml.segment import Segmenter
+from tests.ml.conftest import mean_reverting_market
 
 AS_OF = pd.Timestamp("2025-09-30")
 
@@ -81,23 +82,8 @@ def test_bands_widen_when_volatility_rises(forecaster: Forecaster) -> None:
 
 def test_learns_a_predictable_pattern() -> None:
     """Minimum functionality: with mean-reverting returns the model beats naive at step 1."""
-    rng = np.random.default_rng(1)
-    n_days, frames = 700, []
-    for i in range(15):
-        shocks = rng.normal(0, 0.01, n_days)
-        returns = np.zeros(n_days)
-        for t in range(1, n_days):
-            returns[t] = -0.3 * returns[t - 1] + shocks[t]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": pd.bdate_range("2020-01-01", periods=n_days),
-                    "ticker": f"AR{i:02d}",
-                    "close": 50 * np.exp(np.cumsum(returns)),
-                }
-            )
-        )
-    report = holdout_forecast(pd.concat(frames, ignore_index=True), Forecaster(horizon=2))
+    prices = mean_reverting_market(seed=1, n=15, days=700)
+    report = holdout_forecast(prices, Forecaster(horizon=2))
     step1 = report["per_horizon"][0]
     # The optimal predictor's ratio is about 1/sqrt(1 + 0.3**2) = 0.958.
     assert step1["relative_mae"] < 0.98

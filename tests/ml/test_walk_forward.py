@@ -13,6 +13,7 @@ from ml.backtest import backtest_forecaster, format_table, walk_forward
 from ml.forecast import Forecaster
 from ml.segment import Segmenter
 from ml.train import promotion_decision, train_model
+from tests.ml.conftest import mean_reverting_market
 
 FAST = {"horizon": 3, "max_iter": 20}
 ORIGINS, STEP = 3, 30
@@ -26,27 +27,6 @@ def small(market: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def report(small: pd.DataFrame) -> dict[str, Any]:
     return backtest_forecaster(small, Forecaster(**FAST), n_origins=ORIGINS, step=STEP)
-
-
-def _mean_reverting_market(seed: int = 1, n: int = 8, days: int = 500) -> pd.DataFrame:
-    """Tickers whose daily returns are AR(1) with coefficient -0.3: a learnable pattern."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(n):
-        shocks = rng.normal(0, 0.01, days)
-        returns = np.zeros(days)
-        for t in range(1, days):
-            returns[t] = -0.3 * returns[t - 1] + shocks[t]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": pd.bdate_range("2020-01-01", periods=days),
-                    "ticker": f"AR{i:02d}",
-                    "close": 50 * np.exp(np.cumsum(returns)),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
 def _shuffle_returns(prices: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -119,7 +99,7 @@ def test_backtest_predictions_do_not_read_past_the_origin(small: pd.DataFrame) -
 
 
 def test_shrinkage_keeps_a_learnable_model_and_drops_noise() -> None:
-    ar = _mean_reverting_market()
+    ar = mean_reverting_market()
     learned = Forecaster(horizon=1).fit(ar)
     assert learned.shrinkage_[0] > 0 and learned.point_ != "naive"
     noise = Forecaster(horizon=1).fit(_shuffle_returns(ar))
@@ -127,7 +107,7 @@ def test_shrinkage_keeps_a_learnable_model_and_drops_noise() -> None:
 
 
 def test_shuffled_challenger_is_not_promoted() -> None:
-    ar = _mean_reverting_market()
+    ar = mean_reverting_market()
     params, backtest = {"horizon": 1}, {"n_origins": 2, "step": 40}
     _, champion = train_model("forecast", ar, params=params, backtest=backtest)
     first, why = promotion_decision("forecast", champion, None)
