@@ -53,7 +53,6 @@ class ModelCache:
         self.registry = registry
         self.datasets = datasets
         self.check_interval = check_interval
-        self.loads = 0
         self._served: dict[str, Served] = {}
         self._checked: dict[str, float] = {}
         self._prices: dict[str, pd.DataFrame] = {}
@@ -104,7 +103,6 @@ class ModelCache:
             if stamp is not None:
                 self._stamps[name] = stamp
             self._refused.pop(name, None)
-            self.loads += 1
             # One line per load. The benchmark's soak counts them: a process's first load
             # of a model, and a reload when the current version (or its file) changed.
             if previous is None:
@@ -135,8 +133,7 @@ class ModelCache:
             if pinned is None:
                 model, card = self.registry.load(name, version)
                 pinned = (model, card)
-                self.loads += 1
-                log.info("loaded model %s %s for a point-in-time forecast", name, version)
+                log.info("loaded %s %s for point-in-time forecasts", name, version)
             self._pinned[key] = pinned  # most recently used last
             while len(self._pinned) > PINNED_KEEP:
                 self._pinned.pop(next(iter(self._pinned)))
