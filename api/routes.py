@@ -36,6 +36,7 @@ from worker.contract import (
     notify,
     now_iso,
     parse_crontab,
+    text,
     validation_context,
 )
 from worker.observe import job_counts
@@ -279,7 +280,7 @@ def schedule() -> Response:
         next_run = now_iso(now + parse_crontab(expr).remaining_estimate(now))
     return reply(
         Schedule, retrain_schedule=expr or None, timezone="UTC", next_run_at=next_run,
-        last_tick_at=last.decode() if isinstance(last, bytes) else last,
+        last_tick_at=None if last is None else text(last),
     )  # fmt: skip
 
 

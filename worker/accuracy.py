@@ -13,7 +13,7 @@ import redis
 
 from ml.accuracy import LEDGER_COLUMNS, realized_accuracy
 from ml.errors import MLError
-from worker.contract import ACCURACY_KEY, LEDGER_INDEX_KEY, ledger_key, now_iso
+from worker.contract import ACCURACY_KEY, LEDGER_INDEX_KEY, ledger_key, now_iso, text
 from worker.tasks import datasets, redis_client, settings
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ PRICE_COLUMNS = ["date", "ticker", "close"]
 def read_ledger(client: redis.Redis) -> pd.DataFrame:
     """Return every ledgered forecast step: `LEDGER_COLUMNS` plus `data_version`."""
     index = client.zrange(LEDGER_INDEX_KEY, 0, -1)
-    versions = [v.decode() if isinstance(v, bytes) else str(v) for v in index]
+    versions = [text(v) for v in index]
     pipe = client.pipeline(transaction=False)
     for version in versions:
         pipe.hvals(ledger_key(version))

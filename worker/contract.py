@@ -431,7 +431,7 @@ class DoneListener:
                         self._wake()  # ...but one may have ended before: read again
                         backoff = 0.1
                     elif message["type"] == "pmessage":
-                        self._wake(_text(message["channel"]).removeprefix(prefix))
+                        self._wake(text(message["channel"]).removeprefix(prefix))
             except (redis.RedisError, OSError, ValueError):
                 self.subscribed.clear()
                 self._wake()
@@ -576,7 +576,7 @@ class JobStore:
         status = self._progress(
             keys=[self.key(job_id)], args=[json.dumps(round(progress, 3)), json.dumps(stage)]
         )
-        return None if status is None else _text(status)
+        return None if status is None else text(status)
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Set fields of an existing record, whatever its status (e.g. callback delivery)."""
@@ -589,7 +589,7 @@ class JobStore:
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             return None
-        fields = {_text(k): json.loads(v) for k, v in raw.items()}
+        fields = {text(k): json.loads(v) for k, v in raw.items()}
         return {name: fields.get(name) for name in RECORD_FIELDS} | fields
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
@@ -620,7 +620,7 @@ class JobStore:
         """Return the records of jobs submitted more than `older_than` seconds ago and not
         final; forget ids whose record has expired or ended."""
         members = self.redis.zrangebyscore(ACTIVE_INDEX, "-inf", time.time() - older_than)
-        ids = [_text(cast(bytes, m)) for m in members]
+        ids = [text(cast(bytes, m)) for m in members]
         records = []
         for job_id in ids:
             record = self.get(job_id)
@@ -659,14 +659,14 @@ class JobStore:
             offset += len(rows)
             pipe = self.redis.pipeline()
             for member, _ in rows:
-                pipe.hgetall(self.key(_text(member)))
+                pipe.hgetall(self.key(text(member)))
             for (member, score), raw in zip(rows, pipe.execute(), strict=True):
-                job_id = _text(member)
+                job_id = text(member)
                 if before is not None and score == before[0] and job_id >= before[1]:
                     continue  # already on the previous page
                 if not raw:
                     continue  # expired; the index is trimmed lazily
-                record = {_text(k): json.loads(v) for k, v in raw.items()}
+                record = {text(k): json.loads(v) for k, v in raw.items()}
                 if (job_type and record["type"] != job_type) or (
                     status and record["status"] != status
                 ):
@@ -710,10 +710,11 @@ class JobStore:
         """Return the unfinished job already running this exact request, else `job_id`."""
         name = f"{KEY_PREFIX}:flight:{digest}"
         holder = self._single_flight(keys=[name], args=[job_id, str(ttl), f"{KEY_PREFIX}:job:"])
-        return _text(holder)
+        return text(holder)
 
 
-def _text(value: bytes | str) -> str:
+def text(value: object) -> str:
+    """Return a value read from Redis (bytes, or str from a decoding client) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -731,7 +732,7 @@ def live_workers(
     for host, raw in raw_entries.items():
         entry = json.loads(raw)
         if now - float(entry.get("at", 0)) <= WORKER_STALE_SECONDS:
-            live[_text(host)] = entry
+            live[text(host)] = entry
     return live
 
 

@@ -23,6 +23,7 @@ from worker.contract import (
     JobStore,
     check_public_host,
     live_workers,
+    text,
 )
 
 Progress = Callable[[float, str], None]
@@ -51,7 +52,7 @@ def model_locks(
             lock = client.lock(lock_key(model), timeout=ttl)
             while not lock.acquire(blocking=False, token=job_id):
                 holder = client.get(lock_key(model))
-                holder_id = holder.decode() if isinstance(holder, bytes) else holder
+                holder_id = None if holder is None else text(holder)
                 if holder_id == job_id:  # our own, from a delivery that was lost
                     client.set(lock_key(model), job_id, ex=ttl)
                     lock.local.token = job_id.encode()

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.contract import METRICS_KEY, QUEUE_INFERENCE, QUEUE_TRAINING
+from worker.contract import METRICS_KEY, QUEUE_INFERENCE, QUEUE_TRAINING, text
 
 # --- logs ------------------------------------------------------------------------------------
 
@@ -159,7 +159,7 @@ def job_counts(record: dict[str, Any]) -> dict[str, float]:
 def read_job_metrics(client: redis.Redis) -> dict[str, float]:
     """Return the job counters as `name|label|...` -> value."""
     raw = client.hgetall(METRICS_KEY)
-    return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
+    return {text(k): float(v) for k, v in raw.items()}
 
 
 def queue_depths(client: redis.Redis) -> dict[str, int]:
