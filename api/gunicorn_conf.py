@@ -20,6 +20,10 @@ workers = _settings.web_concurrency
 worker_class = "gthread"
 threads = 8
 timeout = int(_settings.wait_max) + 30
+# Each worker touches a heartbeat file on every turn of its event loop: on tmpfs that is a
+# memory write, on a disk (or a container's overlay) a metadata write per request.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
 graceful_timeout = 10
 loglevel = "info"
 errorlog = "-"

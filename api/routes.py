@@ -29,6 +29,7 @@ from worker.contract import (
     LegacyPredictPrice,
     LegacySegment,
     PredictRequest,
+    RawRecord,
     SegmentRequest,
     body_digest,
     enqueue,
@@ -36,6 +37,8 @@ from worker.contract import (
     notify,
     now_iso,
     parse_crontab,
+    raw_status,
+    record_json,
     text,
     validation_context,
 )
@@ -174,10 +177,9 @@ def submit(job_type: str, body: dict[str, Any]) -> Response:
 def _accepted(record: dict[str, Any], *, replayed: bool = False, wait: float = 0) -> Response:
     job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
-    if wait > 0:  # submit and long-poll in one request
-        record = _jobs().wait(job_id, wait) or record
-    if wait > 0 and record.get("status") in TERMINAL:
-        resp = jsonify(record)
+    final = _jobs().wait_raw(job_id, wait) if wait > 0 else None  # submit and long-poll
+    if final is not None and raw_status(final) in TERMINAL:
+        resp = _record_response(final)
     else:
         resp = reply(
             JobAccepted, 202, job_id=job_id, status=record.get("status", "queued"),
@@ -187,6 +189,11 @@ def _accepted(record: dict[str, Any], *, replayed: bool = False, wait: float = 0
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
     return resp
+
+
+def _record_response(raw: RawRecord) -> Response:
+    """Answer with a stored job record, passed through without decoding its result."""
+    return Response(record_json(raw), mimetype="application/json")
 
 
 @bp.post("/jobs/<job_type>")
@@ -218,12 +225,12 @@ def segment_alias() -> Response:
 @bp.get("/result/<job_id>")
 def result(job_id: str) -> Response:
     """Return a job's record; `?wait=S` holds the answer until the job ends or S seconds."""
-    record = _jobs().wait(job_id, _wait_seconds())
-    if record is None:
+    raw = _jobs().wait_raw(job_id, _wait_seconds())
+    if raw is None:
         raise ApiError(
             404, "Job not found", f"no job {job_id!r}: it was never issued, or it has expired"
         )
-    return jsonify(record)
+    return _record_response(raw)
 
 
 @bp.get("/jobs")

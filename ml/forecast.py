@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Literal, Self, overload
 
 import numpy as np
 import pandas as pd
@@ -357,18 +357,41 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
         return self._forecast_rows(panel, last, steps)
 
+    @overload
+    def predict_latest(
+        self,
+        latest: LatestFeatures,
+        *,
+        tickers: Sequence[str] | None = ...,
+        horizon: int | None = ...,
+        as_frame: Literal[True] = ...,
+    ) -> pd.DataFrame: ...
+
+    @overload
+    def predict_latest(
+        self,
+        latest: LatestFeatures,
+        *,
+        tickers: Sequence[str] | None = ...,
+        horizon: int | None = ...,
+        as_frame: Literal[False],
+    ) -> dict[str, np.ndarray]: ...
+
     def predict_latest(
         self,
         latest: LatestFeatures,
         *,
         tickers: Sequence[str] | None = None,
         horizon: int | None = None,
-    ) -> pd.DataFrame:
+        as_frame: bool = True,
+    ) -> pd.DataFrame | dict[str, np.ndarray]:
         """Forecast each ticker (or only ``tickers``) from precomputed latest features.
 
         Equals ``predict(prices)`` on the frame ``latest`` was computed from, for all its
         tickers or the requested ones (rows in ticker order), at the cost of the regressor
-        calls alone.
+        calls alone. ``as_frame=False`` returns the columns as numpy arrays instead of a
+        DataFrame (what a service answering one request at a time wants: building the
+        frame costs more than the forecast).
         """
         check_is_fitted(self)
         steps = self._steps(horizon)
@@ -381,14 +404,18 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
                 raise UnknownTickerError(unknown)
             rows = np.sort(np.array([latest.index[t] for t in wanted], dtype=np.intp))
         panel = latest.panel
-        short = [f"{panel.ticker[i]} ({panel.position[i] + 1})" for i in rows if not panel.ready[i]]
+        short = [
+            f"{panel.ticker[i]} ({panel.position[i] + 1})"
+            for i in rows[panel.position[rows] < MAX_WINDOW]
+        ]
         if short:
             raise InsufficientHistoryError(
                 f"fewer than {MIN_HISTORY} prices (ticker and count): {', '.join(short)}"
             )
         if len(rows) == 0:
             raise InsufficientHistoryError("no prices to forecast from")
-        return self._forecast_rows(panel, rows, steps)
+        columns = self._forecast_columns(panel, rows, steps)
+        return pd.DataFrame(columns) if as_frame else columns
 
     def predict_series(
         self,
@@ -448,15 +475,26 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         return steps
 
     def _forecast_rows(self, panel: _Panel, rows: np.ndarray, steps: int) -> pd.DataFrame:
-        """Forecast the given panel rows: one regressor call per step over all of them."""
+        """Forecast the given panel rows as a frame of OUTPUT_COLUMNS."""
+        return pd.DataFrame(
+            self._forecast_columns(panel, rows, steps), columns=list(OUTPUT_COLUMNS)
+        )
+
+    def _forecast_columns(
+        self, panel: _Panel, rows: np.ndarray, steps: int
+    ) -> dict[str, np.ndarray]:
+        """Forecast the given panel rows: one regressor call per step over all of them.
+
+        Returns OUTPUT_COLUMNS as numpy arrays (dates as datetime64[ns]).
+        """
         step = np.arange(1, steps + 1)
         # (origins, steps) matrices; row-major flattening keeps the panel's ticker/date
         # order with the steps of each origin together.
         center = self._centers(panel.features[rows], steps)
         scale = panel.sigma[rows, None] * np.sqrt(step)
         origin_close = np.repeat(panel.close[rows], steps)
-        origin_date = pd.DatetimeIndex(np.repeat(panel.date[rows], steps))
-        columns: dict[str, Any] = {
+        origin_date = np.repeat(panel.date[rows], steps)
+        columns: dict[str, np.ndarray] = {
             "ticker": np.repeat(panel.ticker[rows], steps).astype(str),
             "step": np.tile(step, len(rows)),
             "date": _add_business_days(origin_date, np.tile(step, len(rows))),
@@ -470,7 +508,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             columns[f"upper_{level}"] = origin_close * np.exp(log_center + spread[:, :, i]).ravel()
         columns["last_date"] = origin_date
         columns["last_close"] = origin_close
-        return pd.DataFrame(columns, columns=list(OUTPUT_COLUMNS))
+        return {name: columns[name] for name in OUTPUT_COLUMNS}
 
     def _centers(self, features: np.ndarray, steps: int) -> np.ndarray:
         """Return the normalized point forecast of each feature row for steps 1..steps."""
@@ -578,12 +616,13 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         return levels
 
 
-def _add_business_days(dates: pd.DatetimeIndex, days: np.ndarray) -> pd.DatetimeIndex:
-    """Return each date moved forward by its number of business days (Mon-Fri)."""
+def _add_business_days(dates: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Return each datetime64 date moved forward by its number of business days (Mon-Fri),
+    as datetime64[ns]."""
     # Rolling a weekend origin back to Friday first gives pandas' BDay semantics
     # (Saturday + 1 business day = Monday), without BDay's slow per-element path.
-    moved = np.busday_offset(dates.values.astype("datetime64[D]"), days, roll="backward")
-    return pd.DatetimeIndex(moved.astype("datetime64[ns]"))
+    moved = np.busday_offset(dates.astype("datetime64[D]"), days, roll="backward")
+    return moved.astype("datetime64[ns]")
 
 
 def _best_shrinkage(target: np.ndarray, predicted: np.ndarray, block: np.ndarray) -> float:

@@ -442,6 +442,31 @@ class DoneListener:
             backoff = min(backoff * 2, 2.0)
 
 
+#: A job record's fields as stored in its hash: field name -> JSON text of the value.
+RawRecord = dict[str, str]
+
+
+def decode_record(raw: RawRecord) -> dict[str, Any]:
+    """Return a stored record as values, fields in RECORD_FIELDS order, then any others."""
+    fields = {k: json.loads(v) for k, v in raw.items()}
+    return {name: fields.get(name) for name in RECORD_FIELDS} | fields
+
+
+def record_json(raw: RawRecord) -> str:
+    """Return the JSON text of a stored record, as `decode_record` would encode, without
+    decoding its values (a result is passed through as the worker wrote it)."""
+    extra = [k for k in raw if k not in RECORD_FIELDS]
+    parts = [f'"{name}":{raw.get(name, "null")}' for name in RECORD_FIELDS]
+    parts += [f"{json.dumps(name)}:{raw[name]}" for name in extra]
+    return "{" + ",".join(parts) + "}"
+
+
+def raw_status(raw: RawRecord) -> str | None:
+    """Return the status of a stored record."""
+    status = raw.get("status")
+    return None if status is None else str(json.loads(status))
+
+
 class JobConflict(Exception):
     """An Idempotency-Key was reused with a different request."""
 
@@ -586,26 +611,33 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Return the record, or None for an id never issued or expired."""
+        raw = self.get_raw(job_id)
+        return None if raw is None else decode_record(raw)
+
+    def get_raw(self, job_id: str) -> RawRecord | None:
+        """Return the record's fields as stored (each a JSON text), or None."""
         raw = self.redis.hgetall(self.key(job_id))
-        if not raw:
-            return None
-        fields = {text(k): json.loads(v) for k, v in raw.items()}
-        return {name: fields.get(name) for name in RECORD_FIELDS} | fields
+        return {text(k): text(v) for k, v in raw.items()} if raw else None
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
         """Return the record once the job is final or `timeout` seconds have passed."""
+        raw = self.wait_raw(job_id, timeout)
+        return None if raw is None else decode_record(raw)
+
+    def wait_raw(self, job_id: str, timeout: float) -> RawRecord | None:
+        """Return the stored fields once the job is final or `timeout` seconds have passed."""
         if timeout <= 0:
-            return self.get(job_id)
+            return self.get_raw(job_id)
         listener = self._done_listener()
         deadline = time.monotonic() + timeout
         with listener.watch(job_id) as woken:
             while True:
                 # Watching before reading: an end announced after this read wakes us.
                 subscribed = listener.subscribed.is_set()
-                record = self.get(job_id)
+                raw = self.get_raw(job_id)
                 left = deadline - time.monotonic()
-                if record is None or record["status"] in TERMINAL or left <= 0:
-                    return record
+                if raw is None or raw_status(raw) in TERMINAL or left <= 0:
+                    return raw
                 # Not subscribed (starting, or Redis went away): read again shortly.
                 woken.wait(left if subscribed else min(left, 0.1))
                 woken.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,20 +17,28 @@ def _day(value: Any) -> str | None:
     return None if value is None or pd.isna(value) else pd.Timestamp(value).date().isoformat()
 
 
-def _days(column: pd.Series) -> list[str | None]:
+def _days(column: Any) -> list[str | None]:
     """Return a date column as ISO days (None where missing), converted in one numpy call."""
-    days = pd.to_datetime(column).to_numpy(dtype="datetime64[D]")
-    return [None if d == "NaT" else str(d) for d in np.datetime_as_string(days)]
+    days = np.asarray(column).astype("datetime64[D]")
+    return [None if d == "NaT" else d for d in np.datetime_as_string(days).tolist()]
 
 
-def forecast_result(frame: pd.DataFrame, version: str, horizon: int) -> dict[str, Any]:
-    """Group a forecast frame (one row per ticker and step) into one entry per ticker."""
+def forecast_result(
+    columns: Mapping[str, Any] | pd.DataFrame, version: str, horizon: int
+) -> dict[str, Any]:
+    """Group forecast columns (``Forecaster`` output, one row per ticker and step, as a
+    frame or as numpy arrays) into one entry per ticker."""
     # Plain lists rather than pandas row access: this runs for every predict job.
-    tickers = frame["ticker"].astype(str).tolist()
-    steps = frame["step"].astype(int).tolist()
-    dates, last_dates = _days(frame["date"]), _days(frame["last_date"])
-    last_closes = frame["last_close"].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist()
-    bands = {c: frame[c].to_numpy(dtype=float).round(PRICE_DECIMALS).tolist() for c in BAND_COLUMNS}
+    tickers = np.asarray(columns["ticker"]).astype(str).tolist()
+    steps = np.asarray(columns["step"]).astype(int).tolist()
+    dates, last_dates = _days(columns["date"]), _days(columns["last_date"])
+
+    def rounded(name: str) -> list[float]:
+        values: list[float] = np.asarray(columns[name], dtype=float).round(PRICE_DECIMALS).tolist()
+        return values
+
+    last_closes = rounded("last_close")
+    bands = [rounded(c) for c in BAND_COLUMNS]
     forecasts: list[dict[str, Any]] = []
     by_ticker: dict[str, dict[str, Any]] = {}
     for i, ticker in enumerate(tickers):
@@ -44,9 +53,10 @@ def forecast_result(frame: pd.DataFrame, version: str, horizon: int) -> dict[str
             }
             by_ticker[ticker] = entry
             forecasts.append(entry)
-        entry["steps"].append(
-            {"step": steps[i], "date": dates[i], **{c: bands[c][i] for c in BAND_COLUMNS}}
-        )
+        step = {"step": steps[i], "date": dates[i]}
+        for name, values in zip(BAND_COLUMNS, bands, strict=True):
+            step[name] = values[i]
+        entry["steps"].append(step)
     return {"model_version": version, "horizon": horizon, "forecasts": forecasts}
 
 

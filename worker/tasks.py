@@ -253,6 +253,7 @@ def _predict(
     served = models().get("forecast")
     current_data_version = served.card.get("data_version")
     live = False  # a forecast from the served data's end: its actuals are still to come
+    frame: pd.DataFrame | dict[str, Any]
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
@@ -263,7 +264,7 @@ def _predict(
             # The hot path: features of every ticker's last row were computed once per
             # loaded model; this job costs the regressor calls alone.
             frame = served.model.predict_latest(
-                latest, tickers=req.subject_tickers(), horizon=req.horizon
+                latest, tickers=req.subject_tickers(), horizon=req.horizon, as_frame=False
             )
             live = True
         else:

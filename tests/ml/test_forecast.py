@@ -160,7 +160,8 @@ def test_business_day_steps_match_pandas_bday() -> None:
     origins = pd.DatetimeIndex(pd.date_range("2025-01-01", periods=14))  # includes weekends
     for days in (1, 2, 6):
         expected = origins + pd.offsets.BDay(days)
-        assert _add_business_days(origins, np.full(14, days)).equals(expected)
+        moved = _add_business_days(origins.to_numpy(), np.full(14, days))
+        assert pd.DatetimeIndex(moved).equals(expected)
 
 
 def test_predict_latest_equals_predict(forecaster: Forecaster, market: pd.DataFrame) -> None:
@@ -179,6 +180,11 @@ def test_predict_latest_equals_predict(forecaster: Forecaster, market: pd.DataFr
             forecaster.predict(market, tickers=subset, horizon=3).reset_index(drop=True),
             check_exact=True,
         )
+    columns = forecaster.predict_latest(latest, tickers=tickers[:5], horizon=3, as_frame=False)
+    assert list(columns) == list(OUTPUT_COLUMNS)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(columns), forecaster.predict_latest(latest, tickers=tickers[:5], horizon=3)
+    )
     with pytest.raises(UnknownTickerError):
         forecaster.predict_latest(latest, tickers=["NOPE"])
     short = market[market["ticker"] != tickers[0]]
