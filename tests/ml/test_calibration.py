@@ -15,8 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ml.forecast
 from ml.data import synthetic_market
-from ml.forecast import COVERAGES, Forecaster, latest_features
+from ml.forecast import (
+    COVERAGES,
+    SHRINKAGE_GRID,
+    SHRINKAGE_T,
+    Forecaster,
+    _best_shrinkage,
+    _build_panel,
+    latest_features,
+)
 
 HORIZON = 5
 TEST_DATES = 250
@@ -153,3 +162,73 @@ def test_adaptive_paths_agree_and_ignore_other_tickers(
     pd.testing.assert_frame_equal(
         alone, expected[expected["ticker"] == "FIN02"].reset_index(drop=True)
     )
+
+
+def _one_ticker(returns: np.ndarray) -> pd.DataFrame:
+    """Return a one-ticker price frame with the given daily log-returns."""
+    dates = pd.bdate_range("2020-01-01", periods=len(returns) + 1)
+    closes = 50.0 * np.exp(np.concatenate([[0.0], np.cumsum(returns)]))
+    return pd.DataFrame({"date": dates, "ticker": "JMP", "close": closes})
+
+
+def test_interval_scale_clips_a_jump_that_sigma_takes_in_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 25% gap multiplies the EWMA sigma several times over for weeks; the interval scale
+    takes it in clipped at SCALE_CLIP times its estimate. With no clipping both agree."""
+    returns = np.random.default_rng(7).normal(0.0, 0.01, 300)
+    returns[200] = 0.25
+    panel = _build_panel(_one_ticker(returns))
+    day = 201  # row of the jump's close (row 0 is the first price)
+    assert panel.sigma[day] / panel.sigma[day - 1] > 3
+    assert panel.scale[day] / panel.scale[day - 1] < 1.5
+    assert panel.scale[day + 10] < panel.sigma[day + 10] / 2
+    monkeypatch.setattr(ml.forecast, "SCALE_CLIP", np.inf)
+    unclipped = _build_panel(_one_ticker(returns))
+    np.testing.assert_allclose(unclipped.scale, unclipped.sigma, rtol=1e-12)
+
+
+def test_bands_after_a_jump_follow_the_clipped_scale(prefix_model: Forecaster) -> None:
+    """After a gap the band widens by the clipped scale, far less than by sigma; a model
+    saved before the clipped scale (no ``interval_scale_``) still serves sigma bands."""
+    market = synthetic_market(seed=3)
+    dates = np.sort(market["date"].unique())
+    day = pd.Timestamp(dates[-60])
+    before = prefix_model.predict(market, tickers=["UTL01"], horizon=1, as_of=dates[-61])
+    gapped = _with_returns_scaled(market, "UTL01", day, 1.0)
+    rows = (gapped["ticker"] == "UTL01") & (gapped["date"] >= day)
+    gapped.loc[rows, "close"] *= 1.3
+    after = prefix_model.predict(gapped, tickers=["UTL01"], horizon=1, as_of=day)
+    old = copy.deepcopy(prefix_model).set_params(adapt_rate=0.0)
+    del old.interval_scale_
+    old_after = old.predict(gapped, tickers=["UTL01"], horizon=1, as_of=day)
+
+    def width(frame: pd.DataFrame) -> float:
+        return float(np.log(frame["upper_80"] / frame["lower_80"]).iloc[0])
+
+    assert width(after) < 1.6 * width(before)
+    assert width(old_after) > 2 * width(after)
+
+
+def test_a_shrinkage_edge_under_the_bar_serves_naive() -> None:
+    """A weight whose edge over naive is between 2 and SHRINKAGE_T standard errors is the
+    kind that won by chance in held-out backtests: the naive point is kept."""
+    rng = np.random.default_rng(11)
+    n = 400
+    predicted = rng.normal(0.0, 1.0, n)
+    noise = rng.normal(0.0, 1.0, n)
+    block = np.arange(n)
+
+    def best_t(signal: float) -> float:
+        target = signal * predicted + noise
+        stats = []
+        for weight in SHRINKAGE_GRID[1:]:
+            loss = np.abs(target - weight * predicted) - np.abs(target)
+            stats.append(-loss.mean() / (loss.std(ddof=1) / math.sqrt(n)))
+        return max(stats)
+
+    signals = np.linspace(0.0, 0.5, 201)
+    chosen = next(s for s in signals if 2.0 < best_t(s) < SHRINKAGE_T)
+    assert _best_shrinkage(chosen * predicted + noise, predicted, block) == 0.0
+    strong = next(s for s in signals if best_t(s) > SHRINKAGE_T + 0.5)
+    assert _best_shrinkage(strong * predicted + noise, predicted, block) > 0.0
