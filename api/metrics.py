@@ -203,10 +203,12 @@ def _observe(resp: Response) -> Response:
         replayed = resp.headers.get("Idempotent-Replayed") == "true"
         if not replayed:
             metrics.submitted.labels(str(job_type)).inc()
-        body = resp.get_json(silent=True) or {}
+        # What `submit` answered with, without parsing the body (with `?wait=` it can be
+        # the final record, result and all).
+        job_id, status = g.get("submitted", (None, None))
         log.info(
             "job submitted" if not replayed else "job submitted again (same job)",
-            extra={"job_id": body.get("job_id"), "type": job_type, "status": body.get("status")},
+            extra={"job_id": job_id, "type": job_type, "status": status},
         )
     return resp
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from kombu.exceptions import KombuError
 
 from api.admin import jobs as _jobs
@@ -178,7 +178,9 @@ def _accepted(record: dict[str, Any], *, replayed: bool = False, wait: float = 0
     job_id = str(record["job_id"])
     status_url = url_for("api.result", job_id=job_id)
     final = _jobs().wait_raw(job_id, wait) if wait > 0 else None  # submit and long-poll
-    if final is not None and raw_status(final) in TERMINAL:
+    status = None if final is None else raw_status(final)
+    g.submitted = (job_id, status or record.get("status", "queued"))  # for the metrics' log
+    if final is not None and status in TERMINAL:
         resp = _record_response(final)
     else:
         resp = reply(

@@ -423,9 +423,10 @@ def soak(
     """Many predicts: worker RSS, model loads, Redis keys and memory before and after."""
     # Warm-up: every pool child has the current models, for longer than a child's check
     # of the current version (1 s), so a promotion just before (the retrain's) is taken.
+    # Concurrent, as the soak: one job at a time could leave a child without a job.
     warm_until = time.monotonic() + 3
     while time.monotonic() < warm_until:
-        http.job("/jobs/predict", body)
+        closed_loop(lambda: http.job("/jobs/predict", body), 4 * concurrency, concurrency)
     info = stack.redis.info("memory")
     before = {
         "rss_mb": round(stack.worker_rss("worker-inference") / 2**20, 1),

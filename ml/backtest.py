@@ -28,6 +28,10 @@ VOL_WINDOW = 20
 _MIN_TICKER_ROWS = 5
 # Fewest dates the first fold must train on.
 _MIN_TRAIN_DATES = 120
+# Consecutive origin dates per block in the standard error of a coverage: the forecasts of
+# one date (every ticker shares the market) and of nearby dates (volatility clusters; steps
+# overlap) miss together, so dates, not forecasts, are the independent units, in blocks.
+COVERAGE_BLOCK_DATES = 10
 _OUTPUT_KEYS = {
     "close": "center",
     "lower_80": "lo80",
@@ -241,10 +245,29 @@ def _method_scores(cell: pd.DataFrame, method: str, scale: pd.Series) -> dict[st
         lo, hi = cell[f"{method}_lo{level}"].to_numpy(), cell[f"{method}_hi{level}"].to_numpy()
         alpha = 1.0 - coverage
         penalty = (2 / alpha) * (np.maximum(lo - actual, 0) + np.maximum(actual - hi, 0))
-        scores[f"coverage_{level}"] = float(np.mean((lo <= actual) & (actual <= hi)))
+        inside = (lo <= actual) & (actual <= hi)
+        scores[f"coverage_{level}"] = float(np.mean(inside))
+        scores[f"coverage_{level}_se"] = _block_standard_error(inside, cell["origin"].to_numpy())
         scores[f"width_{level}"] = float(np.mean(hi - lo))
         scores[f"winkler_{level}"] = float(np.mean(hi - lo + penalty))
     return scores
+
+
+def _block_standard_error(values: np.ndarray, origin: np.ndarray) -> float | None:
+    """Return the standard error of the mean of ``values`` with origins in blocks of
+    COVERAGE_BLOCK_DATES consecutive dates as the independent units (None: < 2 blocks)."""
+    dates, index = np.unique(origin, return_inverse=True)
+    block = index // COVERAGE_BLOCK_DATES
+    n_blocks = int(block.max()) + 1 if len(block) else 0
+    if n_blocks < 2:
+        return None
+    sums = np.bincount(block, weights=values.astype(np.float64), minlength=n_blocks)
+    counts = np.bincount(block, minlength=n_blocks)
+    # Ratio estimator of the pooled mean: the spread of block means around it, weighted.
+    mean = sums.sum() / counts.sum()
+    residual = sums - mean * counts
+    variance = n_blocks / (n_blocks - 1) * np.sum(residual**2) / counts.sum() ** 2
+    return float(np.sqrt(variance))
 
 
 def _summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -160,3 +161,21 @@ def test_segment_card_reports_churn(market: pd.DataFrame, segmenter: Segmenter) 
     assert metrics["churn"] == pytest.approx(0.0)
     _, first = train_model("segment", market)
     assert first["churn"] is None
+
+
+def test_coverage_standard_error_counts_dates_not_forecasts() -> None:
+    """Forecasts of one date miss together when the market moves: the standard error of a
+    coverage must then be that of the dates, not of the (many more) forecasts."""
+    from ml.backtest import _block_standard_error
+
+    rng = np.random.default_rng(0)
+    n_dates, n_tickers = 200, 20
+    origin = np.repeat(np.arange(n_dates).astype("datetime64[D]"), n_tickers)
+    independent = rng.random(n_dates * n_tickers) < 0.8
+    shared = np.repeat(rng.random(n_dates) < 0.8, n_tickers)
+    iid_se = math.sqrt(0.8 * 0.2 / (n_dates * n_tickers))  # 0.0063
+    date_se = math.sqrt(0.8 * 0.2 / n_dates)  # 0.028
+    assert 0.5 * iid_se < _block_standard_error(independent, origin) < 1.6 * iid_se
+    assert 0.6 * date_se < _block_standard_error(shared, origin) < 1.5 * date_se
+    assert _block_standard_error(np.ones(len(origin), dtype=bool), origin) == 0.0
+    assert _block_standard_error(independent[:5], origin[:5]) is None  # one block
