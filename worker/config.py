@@ -65,7 +65,13 @@ class Settings(BaseSettings):
         "its last recorded forecast.",
     )
     worker_threads: int = Field(1, ge=1, description="BLAS/OpenMP threads per worker process.")
-    training_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the training worker.")
+    training_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the training worker; above 0 it also runs in the idle "
+        "scheduling class, on the last WORKER_THREADS CPUs when there are more.",
+    )
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
     web_concurrency: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
