@@ -171,7 +171,7 @@ def profile(
     stack: BenchStack, names: tuple[str, ...], run: Any, n: int, where: Path
 ) -> dict[str, Any]:
     """Run `run()` n times under py-spy on the named processes; summarize each."""
-    rate = 1000
+    rate = 200
     spies = {name: Spy(stack.procs[name].pid, where / f"{name}.txt", rate) for name in names}
     time.sleep(1.0)  # py-spy attaches
     for _ in range(n):
