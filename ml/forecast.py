@@ -30,6 +30,10 @@ SIGMA_FLOOR = 1e-4
 # held-out backtests (other synthetic seeds, real prices before 2012-03): narrower bands
 # for the same coverage (lower Winkler score) on both, closer coverage on real prices.
 SCALE_CLIP = 3.0
+# Up to this many tickers the clipped EWMA runs as a plain loop per ticker, beyond it as
+# one numpy update per date across tickers (measured on the synthetic market: the loop
+# costs ~0.25 us per row, the update ~10 us per date for 32 tickers).
+_SCALAR_TICKERS = 32
 LAGS = (1, 2, 3, 4, 5)
 MOMENTUM_WINDOWS = (5, 10, 20, 40)
 VOLATILITY_WINDOWS = (5, 20, 40)
@@ -106,8 +110,26 @@ def _clipped_ewm_var(squared: np.ndarray, group: np.ndarray, position: np.ndarra
     if len(squared) == 0:
         return np.empty(0)
     decay = 1.0 - 2.0 / (SIGMA_SPAN + 1.0)
+    cap = SCALE_CLIP**2
+    n_tickers = int(group.max()) + 1
+    if n_tickers <= _SCALAR_TICKERS:
+        # A few tickers (a replay, an ad-hoc series): a plain loop per ticker costs a
+        # fraction of numpy's per-call overhead, and the same float operations in the same
+        # order give the same bits as the vectorised loop below.
+        var = np.empty(len(squared))
+        for ticker in range(n_tickers):
+            rows = np.flatnonzero(group == ticker)  # in date order: rows sort by ticker, date
+            estimates, total, norm = [], 0.0, 0.0
+            for p, value in enumerate(squared[rows].tolist()):
+                if p >= SIGMA_SPAN:
+                    value = min(value, cap * total / norm)
+                total = decay * total + value
+                norm = decay * norm + 1.0
+                estimates.append(total / norm)
+            var[rows] = estimates
+        return var
     # Tickers as rows, positions as columns: one vectorised update per position.
-    table = np.full((int(group.max()) + 1, int(position.max()) + 1), np.nan)
+    table = np.full((n_tickers, int(position.max()) + 1), np.nan)
     table[group, position] = squared
     out = np.empty_like(table)
     weighted = np.zeros(len(table))
@@ -115,7 +137,7 @@ def _clipped_ewm_var(squared: np.ndarray, group: np.ndarray, position: np.ndarra
     for p in range(table.shape[1]):
         value = table[:, p]
         if p >= SIGMA_SPAN:
-            value = np.minimum(value, SCALE_CLIP**2 * weighted / weights)
+            value = np.minimum(value, cap * weighted / weights)
         weighted = decay * weighted + np.nan_to_num(value)
         weights = decay * weights + 1.0
         out[:, p] = weighted / weights
@@ -531,9 +553,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
 
     def _forecast_rows(self, panel: _Panel, rows: np.ndarray, steps: int) -> pd.DataFrame:
         """Forecast the given panel rows as a frame of OUTPUT_COLUMNS."""
-        return pd.DataFrame(
-            self._forecast_columns(panel, rows, steps), columns=list(OUTPUT_COLUMNS)
-        )
+        return pd.DataFrame(self._forecast_columns(panel, rows, steps))
 
     def _forecast_columns(
         self, panel: _Panel, rows: np.ndarray, steps: int

@@ -188,6 +188,21 @@ def test_interval_scale_clips_a_jump_that_sigma_takes_in_whole(
     np.testing.assert_allclose(unclipped.scale, unclipped.sigma, rtol=1e-12)
 
 
+def test_interval_scale_is_the_same_per_ticker_loop_or_across_tickers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few tickers run the clipped EWMA as a loop per ticker, many as one update per date:
+    the same bits either way, clips included (a replay must match the fitted panel)."""
+    market = synthetic_market(seed=3)
+    jumps = market["date"] == market["date"].unique()[300]
+    market.loc[jumps, "close"] *= 1.3  # every ticker gaps: clipping is exercised
+    assert market["ticker"].nunique() <= ml.forecast._SCALAR_TICKERS  # the loop by default
+    looped = _build_panel(market).scale
+    monkeypatch.setattr(ml.forecast, "_SCALAR_TICKERS", 0)
+    across = _build_panel(market).scale
+    np.testing.assert_array_equal(looped, across)
+
+
 def test_bands_after_a_jump_follow_the_clipped_scale(prefix_model: Forecaster) -> None:
     """After a gap the band widens by the clipped scale, far less than by sigma; a model
     saved before the clipped scale (no ``interval_scale_``) still serves sigma bands."""
