@@ -334,11 +334,9 @@ def floor_inproc(settings: Settings, n: int) -> dict[str, Any]:
     latest = latest_features(prices)
     out["precompute_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
     out["served_1"] = summary(
-        timed(lambda: model.predict_latest(latest, tickers=one, horizon=5, as_frame=False), n)
+        timed(lambda: model.forecast_latest(latest, tickers=one, horizon=5), n)
     )
-    out["served_all"] = summary(
-        timed(lambda: model.predict_latest(latest, horizon=5, as_frame=False), n)
-    )
+    out["served_all"] = summary(timed(lambda: model.forecast_latest(latest, horizon=5), n))
     seg, seg_prices = segment.model, segment.prices
     out["segment_all"] = summary(timed(lambda: seg.predict(seg_prices), n // 4))
     return out

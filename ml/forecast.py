@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Self, overload
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -434,42 +434,31 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
         last = np.flatnonzero(np.append(panel.group[1:] != panel.group[:-1], True))
         return self._forecast_rows(panel, last, steps)
 
-    @overload
-    def predict_latest(
-        self,
-        latest: LatestFeatures,
-        *,
-        tickers: Sequence[str] | None = ...,
-        horizon: int | None = ...,
-        as_frame: Literal[True] = ...,
-    ) -> pd.DataFrame: ...
-
-    @overload
-    def predict_latest(
-        self,
-        latest: LatestFeatures,
-        *,
-        tickers: Sequence[str] | None = ...,
-        horizon: int | None = ...,
-        as_frame: Literal[False],
-    ) -> dict[str, np.ndarray]: ...
-
     def predict_latest(
         self,
         latest: LatestFeatures,
         *,
         tickers: Sequence[str] | None = None,
         horizon: int | None = None,
-        as_frame: bool = True,
-    ) -> pd.DataFrame | dict[str, np.ndarray]:
+    ) -> pd.DataFrame:
         """Forecast each ticker (or only ``tickers``) from precomputed latest features.
 
         Equals ``predict(prices)`` on the frame ``latest`` was computed from, for all its
         tickers or the requested ones (rows in ticker order), at the cost of the regressor
-        calls alone. ``as_frame=False`` returns the columns as numpy arrays instead of a
-        DataFrame (what a service answering one request at a time wants: building the
-        frame costs more than the forecast).
+        calls alone.
         """
+        return pd.DataFrame(self.forecast_latest(latest, tickers=tickers, horizon=horizon))
+
+    def forecast_latest(
+        self,
+        latest: LatestFeatures,
+        *,
+        tickers: Sequence[str] | None = None,
+        horizon: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Return ``predict_latest``'s columns as numpy arrays, without the DataFrame: what
+        a service answering one request at a time wants (building the frame costs more
+        than the forecast)."""
         check_is_fitted(self)
         steps = self._steps(horizon)
         if tickers is None:
@@ -491,8 +480,7 @@ class Forecaster(BaseEstimator):  # type: ignore[misc]
             )
         if len(rows) == 0:
             raise InsufficientHistoryError("no prices to forecast from")
-        columns = self._forecast_columns(panel, rows, steps)
-        return pd.DataFrame(columns) if as_frame else columns
+        return self._forecast_columns(panel, rows, steps)
 
     def predict_series(
         self,

@@ -263,8 +263,8 @@ def _predict(
         if as_of is None or as_of >= latest.through:
             # The hot path: features of every ticker's last row were computed once per
             # loaded model; this job costs the regressor calls alone.
-            frame = served.model.predict_latest(
-                latest, tickers=req.subject_tickers(), horizon=req.horizon, as_frame=False
+            frame = served.model.forecast_latest(
+                latest, tickers=req.subject_tickers(), horizon=req.horizon
             )
             live = True
         else:

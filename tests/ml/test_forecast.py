@@ -180,7 +180,7 @@ def test_predict_latest_equals_predict(forecaster: Forecaster, market: pd.DataFr
             forecaster.predict(market, tickers=subset, horizon=3).reset_index(drop=True),
             check_exact=True,
         )
-    columns = forecaster.predict_latest(latest, tickers=tickers[:5], horizon=3, as_frame=False)
+    columns = forecaster.forecast_latest(latest, tickers=tickers[:5], horizon=3)
     assert list(columns) == list(OUTPUT_COLUMNS)
     pd.testing.assert_frame_equal(
         pd.DataFrame(columns), forecaster.predict_latest(latest, tickers=tickers[:5], horizon=3)
