@@ -508,8 +508,11 @@ class JobStore:
     def _max_ttl(self) -> int:
         return max([self.settings.result_ttl, *self.settings.result_ttls.values()])
 
-    def create(self, job_id: str, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Record a queued job and index it; return the record."""
+    def create(
+        self, job_id: str, job_type: str, params: dict[str, Any], submitted_at: str | None = None
+    ) -> dict[str, Any]:
+        """Record a queued job and index it; return the record. A job that has a record
+        already (its worker got to it first) keeps it."""
         record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
         record.update(
             job_id=job_id,
@@ -517,11 +520,13 @@ class JobStore:
             status="queued",
             progress=0.0,
             stage="queued",
-            submitted_at=now_iso(),
+            submitted_at=submitted_at or now_iso(),
             attempts=0,
             params=params,
         )
-        self._move(job_id, job_type, "queued", record, mode="create")
+        # Fields not known yet are not stored: a record reads them as null.
+        known = {k: v for k, v in record.items() if v is not None}
+        self._move(job_id, job_type, "queued", known, mode="create")
         return record
 
     def transition(
@@ -789,9 +794,11 @@ def enqueue(
     extra_kwargs: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Record a job and send it to its queue; return the record.
+    """Send a job to its queue and record it; return the record.
 
-    When sending fails the record says so (`failed`, EnqueueError) and the error propagates.
+    The job is sent first, so its delivery to a worker and the write of its record overlap
+    (a worker that starts it before the record exists writes the record itself). When
+    sending fails nothing is recorded and the error propagates.
     """
     job_id = job_id or new_job_id()
     task_name, queue = ALL_JOB_TYPES[job_type]
@@ -801,35 +808,25 @@ def enqueue(
         )
         if holder != job_id:
             return store.get(holder) or {"job_id": holder, "status": "queued"}
-    record = store.create(job_id, job_type, params)
-    try:
-        celery.send_task(
-            task_name,
-            kwargs={"request": params, **(extra_kwargs or {})},
-            task_id=job_id,
-            queue=queue,
-            # Results live in the job record. Celery's send_task would otherwise ask the
-            # worker to store each one a second time (its default overrides the task's).
-            ignore_result=True,
-            # Give up after about a second: the caller answers 503 (the API) or the
-            # reconciler sends it again, rather than a request hanging on a dead broker.
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4},
-            # What Flower and the logs show of the arguments: the request as JSON, cut as
-            # Celery cuts its own repr (18 us per job; the JSON takes 1.4 us).
-            argsrepr="()",
-            kwargsrepr=json.dumps(params)[:1024],
-            **(options or {}),
-        )
-    except Exception as exc:
-        store.transition(
-            job_id,
-            job_type,
-            "failed",
-            error={"type": "EnqueueError", "message": f"the job could not be queued: {exc}"},
-            stage="failed",
-        )
-        raise
-    return record
+    submitted_at = now_iso()
+    celery.send_task(
+        task_name,
+        kwargs={"request": params, **(extra_kwargs or {})},
+        task_id=job_id,
+        queue=queue,
+        # Results live in the job record. Celery's send_task would otherwise ask the
+        # worker to store each one a second time (its default overrides the task's).
+        ignore_result=True,
+        # Give up after about a second: the API answers 503 rather than a request
+        # hanging on a dead broker.
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4},
+        # What Flower and the logs show of the arguments: the request as JSON, cut as
+        # Celery cuts its own repr (18 us per job; the JSON takes 1.4 us).
+        argsrepr="()",
+        kwargsrepr=json.dumps(params)[:1024],
+        **(options or {}),
+    )
+    return store.create(job_id, job_type, params, submitted_at)
 
 
 # --- the Celery app both sides build from settings -------------------------------------------

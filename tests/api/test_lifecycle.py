@@ -157,6 +157,26 @@ def test_a_late_duplicate_delivery_changes_nothing(client: FlaskClient, stack: S
     assert after == record
 
 
+def test_a_job_its_worker_starts_before_its_record_is_written_keeps_its_record(
+    client: FlaskClient, stack: Stack
+) -> None:
+    """The API sends a job, then writes its record: a worker can start it first. It then
+    writes the record itself, and the API's write that comes late changes nothing."""
+    body = {"ticker": stack.tickers()[0], "horizon": 1}
+    job_id = "22222222-2222-4222-8222-222222222222"
+    create_celery(stack.settings()).send_task(
+        "worker.predict", kwargs={"request": body}, task_id=job_id, queue="inference"
+    )
+    record = wait(client, job_id)
+    assert record["status"] == "succeeded" and record["attempts"] == 1
+    assert record["params"] == body and record["result"]["forecasts"]
+    store = JobStore(redis.Redis.from_url(stack.redis_url), stack.settings())
+    store.create(job_id, "predict", body)  # the late write of the submit
+    assert client.get(f"/result/{job_id}").get_json() == record
+    listed = client.get("/jobs?type=predict&limit=100").get_json()["jobs"]
+    assert [r["job_id"] for r in listed].count(job_id) == 1
+
+
 def test_records_expire_to_404(stack: Stack) -> None:
     settings = stack.settings(result_ttls={"predict": 1})
     store = JobStore(redis.Redis.from_url(stack.redis_url), settings)
