@@ -164,13 +164,14 @@ def test_a_job_its_worker_starts_before_its_record_is_written_keeps_its_record(
     writes the record itself, and the API's write that comes late changes nothing."""
     body = {"ticker": stack.tickers()[0], "horizon": 1}
     job_id = "22222222-2222-4222-8222-222222222222"
+    store = JobStore(redis.Redis.from_url(stack.redis_url), stack.settings())
     create_celery(stack.settings()).send_task(
         "worker.predict", kwargs={"request": body}, task_id=job_id, queue="inference"
     )
+    wait_for(lambda: store.get(job_id) is not None)  # written by the worker
     record = wait(client, job_id)
     assert record["status"] == "succeeded" and record["attempts"] == 1
     assert record["params"] == body and record["result"]["forecasts"]
-    store = JobStore(redis.Redis.from_url(stack.redis_url), stack.settings())
     store.create(job_id, "predict", body)  # the late write of the submit
     assert client.get(f"/result/{job_id}").get_json() == record
     listed = client.get("/jobs?type=predict&limit=100").get_json()["jobs"]
