@@ -5,7 +5,7 @@ training workers with the compose commands, and a worker for a bare no-op Celery
 trains the first models (or reuses `--artifacts`), measures, prints a table and writes
 `bench/results/<name>.json`.
 
-    python -m bench.run [--name NAME] [--artifacts DIR] [--soak N] [--quick]
+    python -m bench.run [--name NAME] [--artifacts DIR] [--n N] [--soak N] [--skip PHASES]
 """
 
 from __future__ import annotations
@@ -358,6 +358,34 @@ def e2e(http: Http, path: str, body: Any, n: int, levels: tuple[int, ...]) -> di
     return out
 
 
+#: A sequential job's stages, as (name, from, to): client clocks around the request and the
+#: record's timestamps (one clock: the same machine).
+STAGES = (
+    ("request to submit time (HTTP in, validation)", "sent", "submitted_at"),
+    ("submit time to start (send, queue, delivery)", "submitted_at", "started_at"),
+    ("start to end (running, model call, result)", "started_at", "finished_at"),
+    ("end to answer read (end, wake, HTTP out)", "finished_at", "received"),
+)
+
+
+def stages(http: Http, path: str, body: Any, n: int) -> dict[str, float]:
+    """Mean ms of each of STAGES over n sequential jobs. The record's timestamps are whole
+    ms; the stages' phases are unrelated to the ms ticks, so the rounding averages out of
+    a mean over many jobs."""
+    from datetime import datetime
+
+    sums = dict.fromkeys((name for name, _, _ in STAGES), 0.0)
+    for _ in range(n):
+        sent = time.time()
+        record = http.job(path, body)
+        at = {"sent": sent, "received": time.time()}
+        for field in ("submitted_at", "started_at", "finished_at"):
+            at[field] = datetime.fromisoformat(record[field]).timestamp()
+        for name, start, end in STAGES:
+            sums[name] += (at[end] - at[start]) * 1e3
+    return {name: round(total / n, 3) for name, total in sums.items()}
+
+
 def during_retrain(http: Http, body: Any, limit: float) -> dict[str, Any]:
     """Sequential predicts while a retrain of both models runs."""
     status, accepted = http.call("POST", "/jobs/retrain", {"models": ["forecast", "segment"]})
@@ -609,6 +637,8 @@ def table(r: dict[str, Any]) -> str:
     ):  # fmt: skip
         for level, s in r.get(name, {}).items():
             lat(f"{name} {level}", s)
+    for name, ms in r.get("e2e_predict_stages_ms", {}).items():
+        rows.append((f"e2e_predict stage: {name}", f"mean {ms:>7.2f} ms"))
     if "predict_during_retrain" in r:
         lat("predict during retrain", r["predict_during_retrain"]["during"])
     if "batch" in r:
@@ -704,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         r["floor_http"] = floor_http(http, n)
         say("end to end: predict, segment, /predict_price")
         r["e2e_predict"] = e2e(http, "/jobs/predict", body, n, (1, 8, 32))
+        r["e2e_predict_stages_ms"] = stages(http, "/jobs/predict", body, n)
         # The same jobs, submitted and awaited in one request (`POST ...?wait=`).
         r["e2e_predict_one_request"] = e2e(http, "/jobs/predict?wait=10", body, n, (8,))
         r["e2e_segment"] = e2e(http, "/jobs/segment", {}, n // 2, (8,))
@@ -718,7 +749,11 @@ def main(argv: list[str] | None = None) -> int:
                 a if a != "inference@%h" else "inference2@%h" for a in COMMANDS["worker-inference"]
             ]
             stack.start("worker-inference-2", cmd)
-            time.sleep(8)  # it announces itself; its children load the models on first jobs
+            time.sleep(8)  # it announces itself
+            # Its children load the models on their first jobs: not what is measured.
+            warm_until = time.monotonic() + 3
+            while time.monotonic() < warm_until:
+                closed_loop(lambda: http.job("/jobs/predict", body), 64, 8)
             r["e2e_predict_2workers"] = {
                 f"c{c}": closed_loop(lambda: http.job("/jobs/predict", body), 20 * c, c)
                 for c in (8, 32)
