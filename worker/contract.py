@@ -329,13 +329,15 @@ end
 return {math.max(attempts, 1), redis.call('HGET', KEYS[1], 'submitted_at') or ''}
 """
 
-# Progress only touches a running record (never resurrects an expired key without a TTL);
-# it returns the status, so a running job learns of its cancellation at each checkpoint.
+# Progress only touches a running record (never resurrects an expired key without a TTL),
+# and restarts its TTL (ARGV[3] seconds, ending at ARGV[4]); it returns the status, so a
+# running job learns of its cancellation at each checkpoint.
 _PROGRESS = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return nil end
 if cjson.decode(cur) == 'running' then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'stage', ARGV[2])
+  redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'stage', ARGV[2], 'expires_at', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
 return cjson.decode(cur)
 """
@@ -501,12 +503,22 @@ class JobStore:
         """Return the channel announcing that a job has finished."""
         return f"{KEY_PREFIX}:done:{job_id}"
 
-    def ttl(self, job_type: str) -> int:
-        """Return how long records of `job_type` live, in seconds."""
-        return int(self.settings.result_ttls.get(job_type, self.settings.result_ttl))
+    def ttl(self, job_type: str, status: str | None = None) -> int:
+        """Return how long a record of `job_type` lives after a change, in seconds: its
+        retention, and while its job is not final (`status`) its time limit on top, so the
+        record outlives a job that runs without a checkpoint until it is stopped."""
+        ttl = int(self.settings.result_ttls.get(job_type, self.settings.result_ttl))
+        if status is not None and status not in TERMINAL:
+            training = ALL_JOB_TYPES[job_type][1] == QUEUE_TRAINING
+            conf = self.settings
+            ttl += conf.training_time_limit if training else conf.inference_time_limit
+        return ttl
 
     def _max_ttl(self) -> int:
-        return max([self.settings.result_ttl, *self.settings.result_ttls.values()])
+        retention = max([self.settings.result_ttl, *self.settings.result_ttls.values()])
+        return retention + max(
+            self.settings.training_time_limit, self.settings.inference_time_limit
+        )
 
     def create(
         self, job_id: str, job_type: str, params: dict[str, Any], submitted_at: str | None = None
@@ -583,7 +595,7 @@ class JobStore:
         counts: dict[str, float] | None = None,
     ) -> tuple[int, str | None]:
         fields = {k: v for k, v in fields.items() if k != "status"}
-        ttl = self.ttl(job_type)
+        ttl = self.ttl(job_type, status)
         if status in TERMINAL:
             fields.setdefault("finished_at", now_iso())
         fields["expires_at"] = now_iso(datetime.now(UTC) + timedelta(seconds=ttl))
@@ -601,10 +613,13 @@ class JobStore:
         moved, submitted = self._transition(keys=keys, args=argv)
         return int(moved), json.loads(submitted) if submitted else None
 
-    def progress(self, job_id: str, progress: float, stage: str) -> str | None:
+    def progress(self, job_id: str, job_type: str, progress: float, stage: str) -> str | None:
         """Record how far a running job has got; return its status (None: expired)."""
+        ttl = self.ttl(job_type, "running")
+        expires = now_iso(datetime.now(UTC) + timedelta(seconds=ttl))
         status = self._progress(
-            keys=[self.key(job_id)], args=[json.dumps(round(progress, 3)), json.dumps(stage)]
+            keys=[self.key(job_id)],
+            args=[json.dumps(round(progress, 3)), json.dumps(stage), ttl, json.dumps(expires)],
         )
         return None if status is None else text(status)
 

@@ -167,7 +167,7 @@ def run_job(
         return
 
     def progress(fraction: float, stage: str) -> None:
-        if store.progress(job_id, fraction, stage) == "cancelled":
+        if store.progress(job_id, job_type, fraction, stage) == "cancelled":
             raise JobCancelled(stage)
 
     try:

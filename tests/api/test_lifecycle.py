@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -178,14 +179,28 @@ def test_a_job_its_worker_starts_before_its_record_is_written_keeps_its_record(
     assert [r["job_id"] for r in listed].count(job_id) == 1
 
 
-def test_records_expire_to_404(stack: Stack) -> None:
-    settings = stack.settings(result_ttls={"predict": 1})
-    store = JobStore(redis.Redis.from_url(stack.redis_url), settings)
-    store.create("11111111-1111-4111-8111-111111111111", "predict", {"ticker": "X"})
+def test_records_outlive_their_jobs_then_expire_to_404(stack: Stack) -> None:
+    """A record lives RESULT_TTL after its job ends; until then each change, a progress
+    checkpoint too, gives it that long plus the job's time limit."""
+    settings = stack.settings(result_ttls={"predict": 1}, inference_time_limit=60)
+    client_redis = redis.Redis.from_url(stack.redis_url)
+    store = JobStore(client_redis, settings)
+    job_id = "11111111-1111-4111-8111-111111111111"
+    key = store.key(job_id)
+    store.create(job_id, "predict", {"ticker": "X"})
+    assert 1 < client_redis.ttl(key) <= 61
+    store.start(job_id, "predict", {"ticker": "X"})
+    client_redis.expire(key, 5)  # as if the job had run for a while since
+    assert store.progress(job_id, "predict", 0.5, "halfway") == "running"
+    assert 5 < client_redis.ttl(key) <= 61
+    expires_at = datetime.fromisoformat(store.get(job_id)["expires_at"])  # type: ignore[index]
+    assert expires_at > datetime.now(UTC) + timedelta(seconds=50)
+    assert store.transition(job_id, "predict", "succeeded", result={}, stage="done")
+    assert client_redis.ttl(key) <= 1
     client = create_app(settings).test_client()
-    assert client.get("/result/11111111-1111-4111-8111-111111111111").status_code == 200
+    assert client.get(f"/result/{job_id}").status_code == 200
     time.sleep(1.5)
-    assert client.get("/result/11111111-1111-4111-8111-111111111111").status_code == 404
+    assert client.get(f"/result/{job_id}").status_code == 404
 
 
 def _children(pid: int) -> list[int]:
