@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         "0 2 * * *",
         description="Crontab (m h dom mon dow, UTC) of the scheduled retrain; empty: off.",
     )
-    result_ttl: int = Field(86_400, ge=1, description="Seconds a job record and its result live.")
+    result_ttl: int = Field(
+        86_400, ge=1, description="Seconds a job record and its result live after the job ends."
+    )
     result_ttls: dict[str, int] = Field(
         default_factory=dict,
         description='Per job type overrides of RESULT_TTL, as JSON: `{"retrain": 604800}`.',
