@@ -61,7 +61,7 @@ def diagnose(client: redis.Redis, settings: Settings) -> tuple[bool, list[dict[s
         Check(
             "retention",
             True,
-            f"job records live {settings.result_ttl} s after their last change"
+            f"job records live {settings.result_ttl} s after their job ends"
             + (f" (per type: {settings.result_ttls})" if settings.result_ttls else ""),
             blocking=False,
         )
