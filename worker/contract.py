@@ -515,10 +515,7 @@ class JobStore:
         return ttl
 
     def _max_ttl(self) -> int:
-        retention = max([self.settings.result_ttl, *self.settings.result_ttls.values()])
-        return retention + max(
-            self.settings.training_time_limit, self.settings.inference_time_limit
-        )
+        return max([self.settings.result_ttl, *self.settings.result_ttls.values()])
 
     def create(
         self, job_id: str, job_type: str, params: dict[str, Any], submitted_at: str | None = None
