@@ -256,7 +256,7 @@ def _method_scores(cell: pd.DataFrame, method: str, scale: pd.Series) -> dict[st
 def _block_standard_error(values: np.ndarray, origin: np.ndarray) -> float | None:
     """Return the standard error of the mean of ``values`` with origins in blocks of
     COVERAGE_BLOCK_DATES consecutive dates as the independent units (None: < 2 blocks)."""
-    dates, index = np.unique(origin, return_inverse=True)
+    _, index = np.unique(origin, return_inverse=True)
     block = index // COVERAGE_BLOCK_DATES
     n_blocks = int(block.max()) + 1 if len(block) else 0
     if n_blocks < 2:
