@@ -222,6 +222,12 @@ class LatestFeatures:
     index: dict[str, int]  # ticker -> row of its last date in `panel` (in ticker order)
     through: pd.Timestamp  # the frame's last date: an `as_of` on or after it changes nothing
 
+    @property
+    def ready(self) -> list[str]:
+        """Return the tickers with enough history to forecast from, in ticker order."""
+        ready = self.panel.ready
+        return [ticker for ticker, row in self.index.items() if ready[row]]
+
 
 def latest_features(prices: pd.DataFrame) -> LatestFeatures:
     """Compute the features of every ticker's last row, from its whole history."""

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from threadpoolctl import threadpool_limits
 
 from api import create_app
+from ml.data import synthetic_market
+from ml.forecast import Forecaster
 from mlstock.launcher import COMMANDS
 from tests.procs import (
     WEBHOOK,
@@ -32,6 +36,20 @@ from worker.contract import CATALOG_KEY
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stocks_daily.csv.gz"
 FIRST_TRAINING_TIMEOUT = 300
+
+
+@pytest.fixture(scope="session")
+def market() -> pd.DataFrame:
+    """Return the default synthetic market (treat as read-only)."""
+    return synthetic_market()
+
+
+@pytest.fixture(scope="session")
+def forecaster(market: pd.DataFrame) -> Forecaster:
+    """Return a forecaster with default parameters fitted on the synthetic market (with one
+    BLAS thread, as workers fit)."""
+    with threadpool_limits(limits=1):
+        return Forecaster().fit(market)
 
 
 @dataclass

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="Logs as JSON lines (`json`) or for people (`text`)."
     )
+    access_log: bool = Field(
+        False, description="The API logs a line per HTTP request (gunicorn's access log)."
+    )
     broker_visibility_timeout: int | None = Field(
         None,
         ge=1,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ml.forecast import BAND_COLUMNS
+from ml.data import normalize_tickers
+from ml.forecast import BAND_COLUMNS, Forecaster, LatestFeatures
 
 PRICE_DECIMALS = 4
 
@@ -60,6 +61,34 @@ def forecast_result(
     return {"model_version": version, "horizon": horizon, "forecasts": forecasts}
 
 
+class LatestForecasts:
+    """The forecast entry (as `forecast_result` shapes it) of every ticker ready to
+    forecast from the latest data, at one horizon: made in one model call, once per loaded
+    model and horizon, so a live predict job reads entries instead of calling the model."""
+
+    def __init__(
+        self, model: Forecaster, latest: LatestFeatures, version: str, horizon: int
+    ) -> None:
+        self.order = latest.index
+        self.entries: dict[str, dict[str, Any]] = {}
+        if ready := latest.ready:
+            columns = model.forecast_latest(latest, tickers=ready, horizon=horizon)
+            for entry in forecast_result(columns, version, horizon)["forecasts"]:
+                self.entries[entry["ticker"]] = entry
+
+    def select(self, tickers: Sequence[str] | None) -> list[dict[str, Any]] | None:
+        """Return the entries of `tickers` (None: all), once each, in the order the model
+        answers; None when one has no entry (unknown, or short of history: the model's
+        own call says which). Entries are shared: a caller copies one before changing it."""
+        if tickers is None:
+            whole = len(self.entries) == len(self.order)
+            return list(self.entries.values()) if whole else None
+        wanted = dict.fromkeys(normalize_tickers(tickers))
+        if any(t not in self.entries for t in wanted):
+            return None
+        return [self.entries[t] for t in sorted(wanted, key=self.order.__getitem__)]
+
+
 def segment_result(
     frame: pd.DataFrame, profiles: list[dict[str, Any]], version: str
 ) -> dict[str, Any]:
@@ -86,12 +115,16 @@ def segment_result(
 def add_history(
     result: dict[str, Any], prices: pd.DataFrame, n: int, as_of: pd.Timestamp | None
 ) -> None:
-    """Add each forecast's last `n` closes through `as_of` as `history: [{date, close}]`."""
+    """Add each forecast's last `n` closes through `as_of` as `history: [{date, close}]`
+    (to copies of the forecasts: they may be shared, see `LatestForecasts`)."""
     if as_of is not None:
         prices = prices[prices["date"] <= as_of]
+    forecasts = []
     for forecast in result["forecasts"]:
         rows = prices[prices["ticker"] == forecast["ticker"]].sort_values("date").tail(n)
-        forecast["history"] = [
+        history = [
             {"date": _day(d), "close": round(float(c), PRICE_DECIMALS)}
             for d, c in zip(rows["date"], rows["close"], strict=True)
         ]
+        forecasts.append({**forecast, "history": history})
+    result["forecasts"] = forecasts

@@ -69,7 +69,7 @@ from worker.lifecycle import (
     resend,
 )
 from worker.observe import job_counts
-from worker.results import add_history, forecast_result, segment_result
+from worker.results import LatestForecasts, add_history, forecast_result, segment_result
 from worker.telemetry import log_outcome
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,8 @@ def _predict(
     served = models().get("forecast")
     current_data_version = served.card.get("data_version")
     live = False  # a forecast from the served data's end: its actuals are still to come
-    frame: pd.DataFrame | dict[str, Any]
+    frame: pd.DataFrame | dict[str, Any] | None = None
+    forecasts: list[dict[str, Any]] | None = None
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
@@ -261,11 +262,19 @@ def _predict(
         as_of = None if req.as_of is None else pd.Timestamp(req.as_of)
         latest = models().derived("forecast:latest", served, lambda s: latest_features(s.prices))
         if as_of is None or as_of >= latest.through:
-            # The hot path: features of every ticker's last row were computed once per
-            # loaded model; this job costs the regressor calls alone.
-            frame = served.model.forecast_latest(
-                latest, tickers=req.subject_tickers(), horizon=req.horizon
+            # The hot path: every ready ticker's forecast from the latest data at this
+            # horizon was made once per loaded model (in one model call, from features
+            # computed once); this job reads its tickers' entries.
+            table = models().derived(
+                f"forecast:latest:{req.horizon}",
+                served,
+                lambda s: LatestForecasts(s.model, latest, s.version, req.horizon),
             )
+            forecasts = table.select(req.subject_tickers())
+            if forecasts is None:  # a ticker without one: the model's own answer (an error)
+                frame = served.model.forecast_latest(
+                    latest, tickers=req.subject_tickers(), horizon=req.horizon
+                )
             live = True
         else:
             # A replay: the model trained on the latest data through `as_of`, if any.
@@ -274,7 +283,10 @@ def _predict(
             frame = served.model.predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
             )
-    result = forecast_result(frame, served.version, req.horizon)
+    if frame is not None:
+        result = forecast_result(frame, served.version, req.horizon)
+    else:
+        result = {"model_version": served.version, "horizon": req.horizon, "forecasts": forecasts}
     # What the forecast stands on: the model's training cut-off and the data it serves from.
     trained_through = served.card.get("trained_through")
     result["trained_through"] = trained_through

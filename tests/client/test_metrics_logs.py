@@ -1,19 +1,27 @@
-"""`/metrics` moves with the jobs run; a job's id is in the API's and the worker's logs."""
+"""`/metrics` moves with the jobs run; a job's id is in the API's and the worker's logs;
+a line per HTTP request only with ACCESS_LOG on."""
 
 from __future__ import annotations
 
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlstock.client import Client
 from tests.conftest import Stack
-from tests.served import Served, api_server  # noqa: F401 (fixture)
+from tests.procs import stop
+from tests.served import Served, api_server, serve_api  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
+
+
+def lines(text: str) -> list[dict[str, object]]:
+    """Return the JSON lines of a log."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,9 +91,6 @@ def test_a_predict_jobs_id_is_in_the_api_and_worker_logs(
         job.wait(timeout=60)
     deadline = time.monotonic() + 10
 
-    def lines(text: str) -> list[dict[str, object]]:
-        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
     while True:
         api_lines = [e for e in lines(api_server.log()) if e.get("job_id") == job.id]
         worker_lines = [
@@ -102,3 +107,25 @@ def test_a_predict_jobs_id_is_in_the_api_and_worker_logs(
     assert done["type"] == "predict" and done["status"] == "succeeded"
     assert done["model_version"] == job.record["model_version"]
     assert isinstance(done["duration"], float) and isinstance(done["queue_wait"], float)
+
+
+def test_access_lines_only_with_access_log_on(
+    api_server: Served,  # noqa: F811
+    stack: Stack,
+    tmp_path: Path,
+) -> None:
+    def access_lines(served: Served) -> list[dict[str, object]]:
+        urllib.request.urlopen(served.url + "/health", timeout=5).close()
+        deadline = time.monotonic() + 5
+        while True:
+            found = [e for e in lines(served.log()) if e["logger"] == "gunicorn.access"]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+    assert access_lines(api_server) == []
+    logging = serve_api(stack.redis_url, stack.artifacts, tmp_path, ACCESS_LOG="true")
+    try:
+        assert any("GET /health" in str(e["msg"]) for e in access_lines(logging))
+    finally:
+        stop(logging.proc)

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from ml.data import read_prices_csv, synthetic_market
-from ml.forecast import Forecaster
+from ml.data import read_prices_csv
 from ml.segment import Segmenter
 from tests.conftest import REAL_DATA
 
@@ -21,18 +20,6 @@ def one_thread() -> Iterator[None]:
     gradient-boosting fits ran about 5x slower with a thread per core."""
     with threadpool_limits(limits=1):
         yield
-
-
-@pytest.fixture(scope="session")
-def market() -> pd.DataFrame:
-    """Return the default synthetic market (treat as read-only)."""
-    return synthetic_market()
-
-
-@pytest.fixture(scope="session")
-def forecaster(market: pd.DataFrame) -> Forecaster:
-    """Return a forecaster with default parameters fitted on the synthetic market."""
-    return Forecaster().fit(market)
 
 
 @pytest.fixture(scope="session")
