@@ -198,8 +198,13 @@ class Job:
         """Wait until the job ends; return its final record, whatever the status.
 
         With `on_progress` the record is fetched every `poll` s and passed to it (for
-        progress bars); without, one long-poll at a time waits for the end.
+        progress bars); without, one long-poll at a time waits for the end. A job already
+        seen final (e.g. submitted with `wait=`) is answered without a request.
         """
+        if self.status in FINAL:
+            if on_progress is not None:
+                on_progress(self.record)
+            return self.record
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -333,11 +338,25 @@ class Client:
         return body
 
     def submit(
-        self, job_type: str, body: dict[str, Any], *, idempotency_key: str | None = None
+        self,
+        job_type: str,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: float = 0,
     ) -> Job:
-        """Submit a job of `job_type` with `body`; return its handle."""
+        """Submit a job of `job_type` with `body`; return its handle. With `wait` the service
+        holds the answer up to that many seconds (at most its WAIT_MAX) for the job to end:
+        one request instead of a submit and a poll, and the handle holds the final record."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        data = self.request("POST", f"/jobs/{job_type}", json=body, headers=headers)
+        data = self.request(
+            "POST",
+            f"/jobs/{job_type}",
+            json=body,
+            headers=headers,
+            params={"wait": f"{wait:g}"} if wait > 0 else None,
+            timeout=self.timeout + wait,
+        )
         job = Job(self, str(data["job_id"]), job_type)
         job.record = dict(data)
         return job
@@ -352,8 +371,10 @@ class Client:
         last_date: str | date | None = None,
         history: int | None = None,
         idempotency_key: str | None = None,
+        wait: float = 0,
     ) -> Job:
-        """Forecast one ticker, several (a list), or an ad-hoc `prices` series."""
+        """Forecast one ticker, several (a list), or an ad-hoc `prices` series (`wait`: see
+        `submit`)."""
         body: dict[str, Any] = {"horizon": horizon}
         if isinstance(ticker, str):
             body["ticker"] = ticker
@@ -367,7 +388,7 @@ class Client:
             body["last_date"] = str(last_date)
         if history is not None:
             body["history"] = history
-        return self.submit("predict", body, idempotency_key=idempotency_key)
+        return self.submit("predict", body, idempotency_key=idempotency_key, wait=wait)
 
     def segment(
         self,
@@ -375,14 +396,16 @@ class Client:
         *,
         data: Sequence[Sequence[float]] | None = None,
         idempotency_key: str | None = None,
+        wait: float = 0,
     ) -> Job:
-        """Segment some tickers (none: all of them), or rows of features."""
+        """Segment some tickers (none: all of them), or rows of features (`wait`: see
+        `submit`)."""
         body: dict[str, Any] = {}
         if tickers is not None:
             body["tickers"] = list(tickers)
         if data is not None:
             body["data"] = [list(map(float, row)) for row in data]
-        return self.submit("segment", body, idempotency_key=idempotency_key)
+        return self.submit("segment", body, idempotency_key=idempotency_key, wait=wait)
 
     def retrain(
         self,

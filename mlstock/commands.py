@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
@@ -17,6 +18,7 @@ import click
 from mlstock.client import (
     DEFAULT_URL,
     FORECAST_COLUMNS,
+    LONG_POLL_SECONDS,
     Client,
     ClientError,
     Job,
@@ -134,6 +136,12 @@ def _progress_printer(job: Job) -> tuple[Callable[[dict[str, Any]], None], Calla
     return show, lambda: None
 
 
+def _held(wait: bool, timeout: float) -> float:
+    """Return how long a submit asks the service to hold its answer for the job's end (one
+    request instead of a submit and a poll when the job ends in time); 0 without --wait."""
+    return min(timeout, LONG_POLL_SECONDS) if wait else 0
+
+
 def _wait(job: Job, timeout: float | None, *, progress: bool) -> Any:
     if not progress:
         return job.wait(timeout)
@@ -193,10 +201,11 @@ def register(main: click.Group) -> None:
     ) -> None:
         """Forecast TICKERS' closing prices with 80% and 95% intervals."""
         subject: str | list[str] = tickers[0] if len(tickers) == 1 else list(tickers)
-        job = client.predict(subject, horizon=horizon, as_of=as_of)
+        deadline = time.monotonic() + timeout
+        job = client.predict(subject, horizon=horizon, as_of=as_of, wait=_held(wait, timeout))
         if not wait:
             return _submitted(job, as_json)
-        frame = _wait(job, timeout, progress=False)
+        frame = _wait(job, max(0.0, deadline - time.monotonic()), progress=False)
         if as_json:
             return _dump(job.record)
         click.echo(_forecast_table(frame))
@@ -211,10 +220,11 @@ def register(main: click.Group) -> None:
         client: Client, as_json: bool, tickers: tuple[str, ...], wait: bool, timeout: float
     ) -> None:
         """Assign TICKERS (none: all) to segments."""
-        job = client.segment(list(tickers) or None)
+        deadline = time.monotonic() + timeout
+        job = client.segment(list(tickers) or None, wait=_held(wait, timeout))
         if not wait:
             return _submitted(job, as_json)
-        _wait(job, timeout, progress=False)
+        _wait(job, max(0.0, deadline - time.monotonic()), progress=False)
         if as_json:
             return _dump(job.record)
         _print_segments(job.record.get("result") or {})

@@ -50,6 +50,19 @@ def test_predict_wait_returns_a_forecast_frame(api: Client, stack: Stack) -> Non
     assert frame.attrs["model_version"] == job.record["model_version"]
 
 
+def test_a_submit_with_wait_is_one_request_holding_the_final_record(
+    api: Client, stack: Stack
+) -> None:
+    sent: list[str] = []
+    api._http.event_hooks["request"].append(lambda r: sent.append(f"{r.method} {r.url.path}"))
+    job = api.predict(stack.tickers()[0], horizon=2, wait=30)
+    assert job.status == "succeeded"
+    assert len(job.wait(timeout=5)) == 2
+    segments = api.segment(wait=30)
+    assert segments.status == "succeeded" and segments.wait(timeout=5) is not None
+    assert sent == ["POST /jobs/predict", "POST /jobs/segment"]
+
+
 def test_several_tickers_as_of_and_segment(api: Client, stack: Stack) -> None:
     some = stack.tickers()[:3]
     frame = api.predict(some, horizon=2, as_of="2025-06-02").wait(timeout=60)
