@@ -676,7 +676,7 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
     if "soak" in r:
         s = r["soak"]
         out["soak_reloads_after_warmup"] = (s["reloads_after_warmup"], "== 0")
-        out["soak_new_child_loads"] = (s["first_loads_after_warmup"], "info")
+        out["soak_new_child_loads"] = (s["first_loads_after_warmup"], "== 0")
         out["soak_rss_growth_pct"] = (s["rss_growth_pct"], "< 10")
         out["soak_keys_after_over_before"] = (
             s["after_retention"]["redis_keys"] - s["before"]["redis_keys"],

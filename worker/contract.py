@@ -901,7 +901,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_max_tasks_per_child": 10_000,
+        # A pool child is replaced when its memory passes this (checked after each task),
+        # not after a count of tasks: a new child loads the models again, and a cap of
+        # 10,000 tasks did that about once a minute per child under full load.
         "worker_max_memory_per_child": 1_500_000,  # KiB
         "worker_hijack_root_logger": True,
         # No task events: each would be one more Redis round trip per job and state, for
