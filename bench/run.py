@@ -567,7 +567,7 @@ def soak(
         "after_run": after_run,
         "after_retention": after_ttl,
         # A reload in a living child is a job's cost; a first load is a new child's, after
-        # the prefork pool replaced one that ran `worker_max_tasks_per_child` jobs.
+        # the prefork pool replaced one (one that died, or passed the memory cap).
         "reloads_after_warmup": after_run["loads"][1] - before["loads"][1],
         "first_loads_after_warmup": after_run["loads"][0] - before["loads"][0],
         "rss_growth_pct": round(100 * (after_run["rss_mb"] / before["rss_mb"] - 1), 1),
