@@ -24,11 +24,11 @@ def _days(column: Any) -> list[str | None]:
     return [None if d == "NaT" else d for d in np.datetime_as_string(days).tolist()]
 
 
-def forecast_result(
-    columns: Mapping[str, Any] | pd.DataFrame, version: str, horizon: int
-) -> dict[str, Any]:
+def forecast_entries(
+    columns: Mapping[str, Any] | pd.DataFrame, version: str
+) -> list[dict[str, Any]]:
     """Group forecast columns (``Forecaster`` output, one row per ticker and step, as a
-    frame or as numpy arrays) into one entry per ticker."""
+    frame or as numpy arrays) into one entry per ticker, as a predict result lists them."""
     # Plain lists rather than pandas row access: this runs for every predict job.
     tickers = np.asarray(columns["ticker"]).astype(str).tolist()
     steps = np.asarray(columns["step"]).astype(int).tolist()
@@ -58,11 +58,11 @@ def forecast_result(
         for name, values in zip(BAND_COLUMNS, bands, strict=True):
             step[name] = values[i]
         entry["steps"].append(step)
-    return {"model_version": version, "horizon": horizon, "forecasts": forecasts}
+    return forecasts
 
 
 class LatestForecasts:
-    """The forecast entry (as `forecast_result` shapes it) of every ticker ready to
+    """The forecast entry (as `forecast_entries` shapes it) of every ticker ready to
     forecast from the latest data, at one horizon: made in one model call, once per loaded
     model and horizon, so a live predict job reads entries instead of calling the model."""
 
@@ -73,7 +73,7 @@ class LatestForecasts:
         self.entries: dict[str, dict[str, Any]] = {}
         if ready := latest.ready:
             columns = model.forecast_latest(latest, tickers=ready, horizon=horizon)
-            for entry in forecast_result(columns, version, horizon)["forecasts"]:
+            for entry in forecast_entries(columns, version):
                 self.entries[entry["ticker"]] = entry
 
     def select(self, tickers: Sequence[str] | None) -> list[dict[str, Any]] | None:

@@ -69,7 +69,7 @@ from worker.lifecycle import (
     resend,
 )
 from worker.observe import job_counts
-from worker.results import LatestForecasts, add_history, forecast_result, segment_result
+from worker.results import LatestForecasts, add_history, forecast_entries, segment_result
 from worker.telemetry import log_outcome
 
 log = logging.getLogger(__name__)
@@ -253,11 +253,10 @@ def _predict(
     served = models().get("forecast")
     current_data_version = served.card.get("data_version")
     live = False  # a forecast from the served data's end: its actuals are still to come
-    frame: pd.DataFrame | dict[str, Any] | None = None
-    forecasts: list[dict[str, Any]] | None = None
     if req.prices is not None:
         last = None if req.last_date is None else req.last_date.isoformat()
         frame = served.model.predict_series(req.prices, horizon=req.horizon, last_date=last)
+        forecasts = forecast_entries(frame, served.version)
     else:
         as_of = None if req.as_of is None else pd.Timestamp(req.as_of)
         latest = models().derived("forecast:latest", served, lambda s: latest_features(s.prices))
@@ -270,11 +269,13 @@ def _predict(
                 served,
                 lambda s: LatestForecasts(s.model, latest, s.version, req.horizon),
             )
-            forecasts = table.select(req.subject_tickers())
-            if forecasts is None:  # a ticker without one: the model's own answer (an error)
-                frame = served.model.forecast_latest(
+            entries = table.select(req.subject_tickers())
+            if entries is None:  # a ticker without one: the model's own answer (an error)
+                columns = served.model.forecast_latest(
                     latest, tickers=req.subject_tickers(), horizon=req.horizon
                 )
+                entries = forecast_entries(columns, served.version)
+            forecasts = entries
             live = True
         else:
             # A replay: the model trained on the latest data through `as_of`, if any.
@@ -283,10 +284,8 @@ def _predict(
             frame = served.model.predict(
                 served.prices, tickers=req.subject_tickers(), horizon=req.horizon, as_of=as_of
             )
-    if frame is not None:
-        result = forecast_result(frame, served.version, req.horizon)
-    else:
-        result = {"model_version": served.version, "horizon": req.horizon, "forecasts": forecasts}
+            forecasts = forecast_entries(frame, served.version)
+    result = {"model_version": served.version, "horizon": req.horizon, "forecasts": forecasts}
     # What the forecast stands on: the model's training cut-off and the data it serves from.
     trained_through = served.card.get("trained_through")
     result["trained_through"] = trained_through

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pandas as pd
 
 from ml.forecast import MIN_HISTORY, Forecaster, latest_features
-from worker.results import LatestForecasts, add_history, forecast_result
+from worker.results import LatestForecasts, add_history, forecast_entries
 
 
 def _model_answer(
     forecaster: Forecaster, prices: pd.DataFrame, tickers: list[str] | None, horizon: int
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     latest = latest_features(prices)
     columns = forecaster.forecast_latest(latest, tickers=tickers, horizon=horizon)
-    forecasts: list[dict[str, object]] = forecast_result(columns, "v1", horizon)["forecasts"]
-    return forecasts
+    return forecast_entries(columns, "v1")
 
 
 def test_entries_are_what_the_model_answers_for_any_subset(
