@@ -425,7 +425,10 @@ def stages(http: Http, path: str, body: Any, n: int) -> dict[str, float]:
 
 
 def during_retrain(http: Http, body: Any, n: int, limit: float) -> dict[str, Any]:
-    """Sequential predicts while a retrain of both models runs, and n just before it."""
+    """Sequential predicts while a retrain of both models runs, and `n` just before it.
+
+    `n` should be in the thousands: the retrain's window holds about as many predicts, and a
+    p99 read off a few hundred is the third-worst of them, not a comparable figure."""
     idle = timed(lambda: http.job("/jobs/predict", body), n, 10)
     status, accepted = http.call("POST", "/jobs/retrain", {"models": ["forecast", "segment"]})
     assert status == 202, accepted
@@ -651,23 +654,31 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
         }
     if "batch" in r:
         b = r["batch"]
-        bound = (
-            2 * r["floor_inproc"]["served_all"]["p50_ms"]
-            + (r["floor_celery"]["sequential"]["p50_ms"])
-        )
-        for prefix, key in (("batch", "one_job"), ("batch_one_request", "one_job_one_request")):
+        inproc_all = r["floor_inproc"]["served_all"]["p50_ms"]
+        celery_p50 = r["floor_celery"]["sequential"]["p50_ms"]
+        jobs = {"batch": b["one_job"], "batch_one_request": b["one_job_one_request"]}
+        if "without_http" in r:
+            jobs["batch_without_http"] = r["without_http"]["predict_all"]
+        for prefix, figures in jobs.items():
+            # The target as written, 2 x in-process batch + one Celery round trip; and, for
+            # information, read as 2 x (in-process batch + one Celery round trip).
             out[f"{prefix}_over_2inproc_plus_celery"] = (
-                round(b[key]["p50_ms"] / bound, 2),
+                round(figures["p50_ms"] / (2 * inproc_all + celery_p50), 2),
                 "<= 1",
             )
-        if "without_http" in r:
-            out["batch_without_http_over_2inproc_plus_celery"] = (
-                round(r["without_http"]["predict_all"]["p50_ms"] / bound, 2),
-                "<= 1",
+            out[f"{prefix}_over_2x_inproc_plus_celery"] = (
+                round(figures["p50_ms"] / (2 * (inproc_all + celery_p50)), 2),
+                "info",
             )
         out["batch_speedup_vs_job_per_ticker"] = (
             round(b["job_per_ticker"]["p50_ms"] / b["one_job"]["p50_ms"], 1),
             ">= 5",
+        )
+    if "e2e_predict_2workers" in r:
+        two, one = r["e2e_predict_2workers"]["c8"], r["e2e_predict_1worker"]["c8"]
+        out["scale_2_over_1_workers_c8"] = (
+            round(two["throughput_per_s"] / one["throughput_per_s"], 2),
+            "info",
         )
     if "predict_during_retrain" in r:
         d, idle = r["predict_during_retrain"]["during"], r["predict_during_retrain"]["idle"]
@@ -725,7 +736,7 @@ def table(r: dict[str, Any]) -> str:
     lat("floor_http c8", r["floor_http"]["closed_loop_c8"])
     for name in (
         "e2e_predict", "e2e_predict_one_request", "e2e_segment", "e2e_predict_price",
-        "e2e_predict_2workers",
+        "e2e_predict_1worker", "e2e_predict_2workers",
     ):  # fmt: skip
         for level, s in r.get(name, {}).items():
             lat(f"{name} {level}", s)
@@ -858,7 +869,18 @@ def main(argv: list[str] | None = None) -> int:
             r["batch"] = batch(http, tickers, max(10, n // 10))
             r["without_http"] = without_http(settings, tickers, n // 3)
         if "scale" not in skip:
-            say("scale-out: a second inference worker")
+            say("scale-out: 1 inference worker, then 2")
+
+            def scale_loops() -> dict[str, Any]:
+                return {
+                    f"c{c}": closed_loop(
+                        lambda: http.job("/jobs/predict", body), max(5 * n, 100 * c), c
+                    )
+                    for c in (8, 32)
+                }
+
+            # Both measured in this phase, so they see the same state of the machine.
+            r["e2e_predict_1worker"] = scale_loops()
             cmd = [
                 a if a != "inference@%h" else "inference2@%h" for a in COMMANDS["worker-inference"]
             ]
@@ -868,14 +890,11 @@ def main(argv: list[str] | None = None) -> int:
             warm_until = time.monotonic() + 3
             while time.monotonic() < warm_until:
                 closed_loop(lambda: http.job("/jobs/predict", body), 64, 8)
-            r["e2e_predict_2workers"] = {
-                f"c{c}": closed_loop(lambda: http.job("/jobs/predict", body), 20 * c, c)
-                for c in (8, 32)
-            }
+            r["e2e_predict_2workers"] = scale_loops()
             stack.stop("worker-inference-2")
         if "retrain" not in skip:
             say("predict during a retrain")
-            r["predict_during_retrain"] = during_retrain(http, body, n, limit=600)
+            r["predict_during_retrain"] = during_retrain(http, body, max(n, 3000), limit=600)
         if args.soak and "soak" not in skip:
             say(f"soak: {args.soak} predict jobs, then retention ({args.result_ttl}s)")
             r["soak"] = soak(stack, http, body, args.soak, 8, args.result_ttl)

@@ -836,6 +836,9 @@ def enqueue(
         # Celery cuts its own repr (18 us per job; the JSON takes 1.4 us).
         argsrepr="()",
         kwargsrepr=json.dumps(params)[:1024],
+        # The queue is a Redis list that a publish to it makes, and each worker declares its
+        # own queues: declaring it again on every send cost a sixth of the send's CPU.
+        declare=[],
         **(options or {}),
     )
     return store.create(job_id, job_type, params, submitted_at)
