@@ -428,8 +428,8 @@ def stages(http: Http, path: str, body: Any, n: int) -> dict[str, float]:
 def during_retrain(http: Http, body: Any, n: int, limit: float) -> dict[str, Any]:
     """Sequential predicts while a retrain of both models runs, and `n` just before it.
 
-    `n` should be in the thousands: the retrain's window holds about as many predicts, and a
-    p99 read off a few hundred is the third-worst of them, not a comparable figure."""
+    `n` should be in the thousands: the retrain's window holds over ten thousand predicts,
+    and a p99 read off a few hundred is the third-worst of them, not a comparable figure."""
     idle = timed(lambda: http.job("/jobs/predict", body), n, 10)
     status, accepted = http.call("POST", "/jobs/retrain", {"models": ["forecast", "segment"]})
     assert status == 202, accepted
