@@ -45,7 +45,7 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 mypy: install-dev
-	$(BIN)/mypy api worker ml mlstock
+	$(BIN)/mypy api worker ml mlstock bench
 
 ## bench-quality: walk-forward backtests (synthetic and real) and segment quality
 bench-quality: install-dev

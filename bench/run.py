@@ -389,11 +389,15 @@ def e2e(
     closed-loop throughput per level."""
     if sequential is None:
         sequential = timed(lambda: http.job(path, body), n, 10)
-    out: dict[str, Any] = {"sequential": summary(sequential)}
-    for c in levels:
-        # A few seconds of load each: a shorter burst's rate moved by 10% between runs.
-        out[f"c{c}"] = closed_loop(lambda: http.job(path, body), max(5 * n, 100 * c), c)
-    return out
+    return {"sequential": summary(sequential), **under_load(http, path, body, n, levels)}
+
+
+def under_load(http: Http, path: str, body: Any, n: int, levels: tuple[int, ...]) -> dict[str, Any]:
+    """Closed-loop latency and throughput of jobs at each concurrency level."""
+    # A few seconds of load each: a shorter burst's rate moved by 10% between runs.
+    return {
+        f"c{c}": closed_loop(lambda: http.job(path, body), max(5 * n, 100 * c), c) for c in levels
+    }
 
 
 #: A sequential job's stages, as (name, from, to): client clocks around the request and the
@@ -542,7 +546,7 @@ def soak(
     while time.monotonic() < warm_until:
         closed_loop(lambda: http.job("/jobs/predict", body), 4 * concurrency, concurrency)
     info = stack.redis.info("memory")
-    before = {
+    before: dict[str, Any] = {
         "rss_mb": round(stack.worker_rss("worker-inference") / 2**20, 1),
         "loads": stack.loads("worker-inference"),
         "redis_keys": int(stack.redis.dbsize()),
@@ -550,7 +554,7 @@ def soak(
     }
     run = closed_loop(lambda: http.job("/jobs/predict", body), total, concurrency)
     peak_keys = int(stack.redis.dbsize())
-    after_run = {
+    after_run: dict[str, Any] = {
         "rss_mb": round(stack.worker_rss("worker-inference") / 2**20, 1),
         "loads": stack.loads("worker-inference"),
         "redis_keys": peak_keys,
@@ -871,17 +875,8 @@ def main(argv: list[str] | None = None) -> int:
             r["without_http"] = without_http(settings, tickers, n // 3)
         if "scale" not in skip:
             say("scale-out: 1 inference worker, then 2")
-
-            def scale_loops() -> dict[str, Any]:
-                return {
-                    f"c{c}": closed_loop(
-                        lambda: http.job("/jobs/predict", body), max(5 * n, 100 * c), c
-                    )
-                    for c in (8, 32)
-                }
-
             # Both measured in this phase, so they see the same state of the machine.
-            r["e2e_predict_1worker"] = scale_loops()
+            r["e2e_predict_1worker"] = under_load(http, "/jobs/predict", body, n, (8, 32))
             cmd = [
                 a if a != "inference@%h" else "inference2@%h" for a in COMMANDS["worker-inference"]
             ]
@@ -891,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_until = time.monotonic() + 3
             while time.monotonic() < warm_until:
                 closed_loop(lambda: http.job("/jobs/predict", body), 64, 8)
-            r["e2e_predict_2workers"] = scale_loops()
+            r["e2e_predict_2workers"] = under_load(http, "/jobs/predict", body, n, (8, 32))
             stack.stop("worker-inference-2")
         if "retrain" not in skip:
             say("predict during a retrain")
