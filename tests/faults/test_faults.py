@@ -15,7 +15,9 @@ import pytest
 import redis
 
 from ml.registry import ModelRegistry
+from tests.conftest import Stack
 from tests.faults.conftest import FINAL, FaultStack, kill
+from tests.procs import served_tickers
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -106,6 +108,38 @@ def start_all(fs: FaultStack, **env: str) -> None:
     for name in ("worker-inference", "worker-training", "api"):
         fs.start(name, **env)
     fs.wait_ready()
+
+
+def test_jobs_sent_before_any_worker_runs_are_run_when_one_starts(
+    fault_stack: FaultStack, stack: Stack
+) -> None:
+    # A fresh Redis that no worker has touched: the API sends without declaring the queue
+    # (the worker declares its own), so the jobs must wait in it and be run once one starts.
+    fs = fault_stack
+    fs.start("api")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _answers(fs, "/health"):
+        time.sleep(0.2)
+    ticker = served_tickers(stack.redis_url)[0]
+    ids = []
+    for _ in range(3):
+        status, _, job = fs.http("POST", "/jobs/predict", {"ticker": ticker, "horizon": 3})
+        assert status == 202, job
+        ids.append(job["job_id"])
+    client = redis.Redis.from_url(fs.redis_url)
+    assert client.llen("inference") == 3
+    assert not client.keys("_kombu.binding.*")  # nothing has declared a queue yet
+    fs.start("worker-inference")
+    records = fs.settle(ids, timeout=120)
+    assert [r["status"] for r in records.values()] == ["succeeded"] * 3, records
+    assert all(r["result"]["forecasts"][0]["ticker"] == ticker for r in records.values())
+
+
+def _answers(fs: FaultStack, path: str) -> bool:
+    try:
+        return fs.http("GET", path, timeout=2)[0] == 200
+    except OSError:
+        return False
 
 
 def test_inference_children_killed_20_times(
